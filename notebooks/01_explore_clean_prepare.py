@@ -1,0 +1,169 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (recsys lab)
+#     language: python
+#     name: recsys-lab
+# ---
+
+# %% [markdown]
+# # 01 · Explore, clean and prepare the shopping events
+#
+# The seed lab's "데이터 Explore / Clean / Prepare" step, on the REES46 e-commerce event logs:
+# load and concatenate the monthly CSVs, keep the columns the model needs, encode the event
+# type (purchase 4, cart 3, remove_from_cart 2, anything else 1), look at how events spread
+# over users and products, keep users and products with at least 5 events, give them dense
+# ids, split the last event of each user off as the test set, and save the result for
+# notebook 02.
+#
+# Every step is a function of `recsys` (unit-tested there); this notebook calls them and
+# shows the results. By default it runs on the October sample shipped in `data/sample/`;
+# point `input_files` at the full Kaggle files (see `data/README.md`) for the real lab.
+
+# %% tags=["parameters"]
+input_files = ["data/sample/rees46_2019-Oct_head_0000-0250UTC.csv.gz"]
+min_user_events = 5
+min_product_events = 5
+seed = 42
+output_dir = "outputs"
+progress = True
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from recsys import paths, plots
+from recsys.events import read_events
+from recsys.prepare import SUMMARY_KEYS, prepare
+from recsys.report import write_metrics
+from recsys.seeding import seed_everything
+
+seed_everything(seed)
+root = paths.project_root()
+files = [paths.resolve(f, root) for f in input_files]
+out = paths.resolve(output_dir, root)
+prepared_dir = out / "prepared"
+figures = out / "figures"
+pd.set_option("display.width", 160)
+print("inputs:", [paths.display(f, root) for f in files])
+
+# %% [markdown]
+# ## 1. Load and concatenate
+#
+# The seed reads every column of both files with pandas (`error_bad_lines=False`, which drops
+# bad rows silently and no longer exists in pandas 2). `read_events` streams the files, reads
+# only the 8 columns it needs with compact types (ids stay exact `int64`; `category_id` has 19
+# digits), and **counts** the malformed rows it skips, with their line numbers.
+
+# %%
+events, read_report = read_events(files, progress=progress)
+print(f"{read_report.rows_read:,} data rows read, {read_report.rows_valid:,} valid, "
+      f"{read_report.rows_malformed:,} malformed (skipped)")
+for line in read_report.summary_lines():
+    print("  " + line)
+print(f"in memory: {events.memory_usage(deep=True).sum() / 2**20:.1f} MiB for {len(events):,} rows")
+events.sample(5, random_state=seed)
+
+# %% [markdown]
+# ## 2. Columns and event encoding
+#
+# `event_type_digit` is the seed's label. View and any unknown event type both become 1; the
+# unknown ones are counted so that nothing changes meaning silently.
+
+# %%
+encoding = (
+    events.groupby("event_type", observed=True)["event_type_digit"]
+    .agg(event_type_digit="first", events="size")
+    .sort_values("event_type_digit", ascending=False)
+)
+print("unknown event types (encoded as 1):", read_report.other_event_types or "none")
+encoding
+
+# %% [markdown]
+# ## 3. Distribution: events per user and per product
+#
+# The seed's quantiles, then the same counts as histograms on log-log axes. The dashed line is
+# the min-count filter of the next step.
+
+# %%
+user_counts = events["user_id"].value_counts()
+product_counts = events["product_id"].value_counts()
+fig = plots.count_distributions(user_counts.to_numpy(), product_counts.to_numpy(), min_user_events, min_product_events)
+plots.save(fig, figures / "01_events_per_user_product.png")
+plt.show()
+
+# %%
+prepared = prepare(events, min_user_events, min_product_events, read_report=read_report)
+prepared.quantiles
+
+# %% [markdown]
+# ## 4. Filter: users and products with at least the minimum number of events
+#
+# Both counts are taken once on the raw data, as the seed's two merges do (not an iterated
+# k-core), so a kept user can keep fewer rows than the minimum once rare products are gone.
+
+# %%
+s = prepared.summary
+before = {"users": s["users_total"], "products": s["products_total"], "rows": s["rows_valid"]}
+after = {"users": s["users_kept"], "products": s["products_kept"], "rows": s["rows_kept"]}
+fig = plots.funnel(before, after)
+plots.save(fig, figures / "01_filter_before_after.png")
+plt.show()
+pd.DataFrame({"before": before, "after": after}).assign(kept_share=lambda d: (d["after"] / d["before"]).round(3))
+
+# %% [markdown]
+# ## 5. Dense ids
+#
+# Kept users and products get dense ids `user` and `item` (ascending raw id), which index the
+# embedding tables. The maps go both ways and are saved with the data.
+
+# %%
+print(f"{prepared.n_users:,} users -> user 0..{prepared.n_users - 1}, "
+      f"{prepared.n_items:,} products -> item 0..{prepared.n_items - 1}")
+prepared.products.head()
+
+# %% [markdown]
+# ## 6. Split: each user's last event is the test set
+#
+# Test = the last event of each user in time order. Train = every kept row whose
+# (user, product) pair is **not** a test pair, so the model never sees a test pair in training.
+# Users whose every event is on their test product have no training row; they are counted.
+
+# %%
+train, test = prepared.train, prepared.test
+leak = train.merge(test[["user", "item"]], on=["user", "item"]).shape[0]
+print(f"train {len(train):,} rows, test {len(test):,} rows, test pairs found in train: {leak}")
+print(f"test users without any training row: {s['test_users_without_train_rows']:,}")
+test.head()
+
+# %% [markdown]
+# ## 7. Save
+#
+# The prepared dataset (Parquet files and `summary.json`) goes to `outputs/prepared/`, where
+# notebook 02 picks it up; the key figures go to `outputs/metrics/01_explore_clean_prepare.json`.
+
+# %%
+prepared.save(prepared_dir)
+metrics = {k: s[k] for k in SUMMARY_KEYS}
+metrics.update(
+    rows_valid=s["rows_valid"],
+    test_users_without_train_rows=s["test_users_without_train_rows"],
+    min_user_events=min_user_events,
+    min_product_events=min_product_events,
+    event_type_counts=read_report.event_type_counts,
+    other_event_types=read_report.other_event_types,
+    malformed_by_file={paths.display(f.path, root): f.rows_malformed for f in read_report.files},
+    input_files=[paths.display(f, root) for f in files],
+)
+metrics_path = write_metrics("01_explore_clean_prepare", metrics, out)
+print("saved", paths.display(prepared_dir, root), "and", paths.display(metrics_path, root))
+pd.Series({k: metrics[k] for k in SUMMARY_KEYS})

@@ -1,0 +1,75 @@
+"""The ``recsys`` command: the lab's steps without notebooks.
+
+Results go to stdout as one JSON line; progress and warnings go to stderr. Known input
+problems exit with status 2 and a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .constants import DEFAULT_MIN_PRODUCT_EVENTS, DEFAULT_MIN_USER_EVENTS, DEFAULT_SEED
+
+
+def _cmd_synth(args) -> dict:
+    from .synthetic import generate
+
+    path = generate(args.out, rows=args.rows, users=args.users, products=args.products, seed=args.seed,
+                    progress=not args.quiet)
+    return {"out": str(path), "rows": args.rows, "seed": args.seed}
+
+
+def _cmd_prepare(args) -> dict:
+    from .prepare import SUMMARY_KEYS, prepare_files
+
+    prepared = prepare_files(args.inputs, out_dir=args.out, min_user_events=args.min_user_events,
+                             min_product_events=args.min_product_events, progress=not args.quiet)
+    read = prepared.summary.get("read", {})
+    for f in read.get("files", []):
+        if f["rows_malformed"]:
+            shown = ", ".join(f"line {n}: {r}" for n, r in f["malformed_examples"][:5])
+            print(f"warning: {f['path']}: {f['rows_malformed']} malformed row(s) skipped [{shown}]", file=sys.stderr)
+    return {k: prepared.summary[k] for k in SUMMARY_KEYS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic REES46-schema CSV (.csv or .csv.gz)")
+    s.add_argument("--rows", type=int, required=True)
+    s.add_argument("--users", type=int, default=None, help="default: rows/15")
+    s.add_argument("--products", type=int, default=None, help="default: rows/40")
+    s.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    s.add_argument("--out", required=True)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("prepare", help="read, filter, index and split REES46 CSVs into a prepared dataset")
+    s.add_argument("inputs", nargs="+", metavar="INPUT")
+    s.add_argument("--out", required=True, help="output directory (Parquet + summary.json)")
+    s.add_argument("--min-user-events", type=int, default=DEFAULT_MIN_USER_EVENTS)
+    s.add_argument("--min-product-events", type=int, default=DEFAULT_MIN_PRODUCT_EVENTS)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_prepare)
+    return p
+
+
+def main(argv=None) -> int:
+    from .events import EventsFormatError
+    from .prepare import EmptyDatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (EventsFormatError, EmptyDatasetError, FileNotFoundError, ValueError) as e:
+        print(f"recsys {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
