@@ -20,7 +20,7 @@ endif
 STAMP  := $(VENV)/.setup-$(MX_EXTRA)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 OUT    := outputs
-# Extra papermill arguments for every notebook, e.g. NB_ARGS='-p seed 7'
+# Notebook parameters for every notebook, e.g. NB_ARGS='-p seed 7' (values parse as JSON)
 NB_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -49,13 +49,7 @@ sync: $(STAMP)
 	$(BIN)/jupytext --quiet --to ipynb $(NOTEBOOKS)
 
 run-all: $(STAMP)
-	@mkdir -p $(OUT)/notebooks
-	@set -e; for nb in $(NOTEBOOKS); do \
-	  name=$$(basename $$nb .py); \
-	  echo "=== $$name"; \
-	  $(BIN)/papermill --kernel $(KERNEL) --cwd . --log-output --no-progress-bar \
-	    notebooks/$$name.ipynb $(OUT)/notebooks/$$name.ipynb $(NB_ARGS); \
-	done
+	$(BIN)/python -m recsys.runner --out $(OUT) $(NB_ARGS)
 	@echo "outputs: $(OUT)/notebooks (executed), $(OUT)/metrics (JSON), $(OUT)/figures (plots)"
 
 test: $(STAMP)

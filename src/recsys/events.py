@@ -235,6 +235,14 @@ def _line_of(good_index: int, skipped_sorted: list[int], first_data_line: int = 
     return line
 
 
+def _reason(batch: pa.RecordBatch, i: int) -> str:
+    row = batch.slice(i, 1).to_pylist()[0]
+    for c in ID_COLUMNS:
+        if not _valid_id(pa.array([row[c]], pa.string()))[0].as_py():
+            return f"bad {c} {row[c]!r}"
+    return f"bad event_time {row['event_time']!r}"
+
+
 def _read_one(path: Path, cols: _Columns, bar) -> FileReport:
     header = read_header(path)
     check_header(path, header)
@@ -263,7 +271,7 @@ def _read_one(path: Path, cols: _Columns, bar) -> FileReport:
             quoted_strings_can_be_null=False,
         ),
     )
-    good = 0  # rows pyarrow yielded so far (before value checks)
+    yielded = 0  # rows pyarrow yielded so far, before the value checks
     last_pos = 0
     for batch in reader:
         n = batch.num_rows
@@ -272,22 +280,25 @@ def _read_one(path: Path, cols: _Columns, bar) -> FileReport:
             ok = pc.and_(ok, _valid_id(batch[c]))
         times = _parse_time(batch["event_time"])
         ok = pc.and_(ok, pc.is_valid(times))
-        batch = batch.set_column(batch.schema.get_field_index("event_time"), "event_time", times)
         n_ok = pc.sum(ok).as_py() or 0
-        report.rows_read += n
+        n_blank = 0
         if n_ok < n:
-            bad_idx = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+            # pyarrow yields a blank line as a row of empty fields: a blank line is not a row
+            blank = pc.equal(pc.utf8_length(batch["event_time"]), 0)
+            for c in READ_COLUMNS[1:]:
+                blank = pc.and_(blank, pc.equal(pc.utf8_length(batch[c]), 0))
+            blank = blank.to_numpy(zero_copy_only=False)
+            n_blank = int(blank.sum())
             skipped_sorted = sorted(skipped)
-            for i in bad_idx:
-                row = batch.slice(int(i), 1).to_pylist()[0]
-                reason = next(
-                    (f"bad {c} {row[c]!r}" for c in ID_COLUMNS if not _valid_id(pa.array([row[c]]))[0].as_py()),
-                    f"bad event_time {row['event_time']!r}",
-                )
-                report._add_malformed(_line_of(good + int(i), skipped_sorted), reason)
+            for i in np.flatnonzero(~ok.to_numpy(zero_copy_only=False) & ~blank):
+                report._add_malformed(_line_of(yielded + int(i), skipped_sorted), _reason(batch, int(i)))
+        batch = batch.set_column(batch.schema.get_field_index("event_time"), "event_time", times)
+        if n_ok < n:
             batch = batch.filter(ok)
-        good += n
+        report.blank_lines += n_blank
+        report.rows_read += n - n_blank
         report.rows_valid += batch.num_rows
+        yielded += n
         cols.add(batch)
         pos = raw.tell()
         bar.update(pos - last_pos)

@@ -110,9 +110,13 @@ class Prepared:
             raise FileNotFoundError(
                 f"{out} holds no prepared dataset (no summary.json): run notebook 01 or `recsys prepare` first"
             )
+        def interactions(name):  # Parquet has no second unit: it comes back as ms
+            df = pd.read_parquet(out / name)
+            return df.astype({"event_time": "datetime64[s]"})
+
         return cls(
-            train=pd.read_parquet(out / "train.parquet"),
-            test=pd.read_parquet(out / "test.parquet"),
+            train=interactions("train.parquet"),
+            test=interactions("test.parquet"),
             users=pd.read_parquet(out / "users.parquet"),
             products=pd.read_parquet(out / "products.parquet"),
             quantiles=pd.read_parquet(out / "quantiles.parquet"),
@@ -253,7 +257,7 @@ def _product_table(events, p_uniq, p_cnt, p_kept, p_inv) -> pd.DataFrame:
             "category_id": events["category_id"].to_numpy()[rows],
             "category_code": events["category_code"].take(rows).to_numpy(),
             "brand": events["brand"].take(rows).to_numpy(),
-            "price": events["price"].to_numpy()[rows],
+            "price": np.round(events["price"].to_numpy()[rows].astype(np.float64), 2),
             "n_events": p_cnt[p_kept].astype(np.int64),
         }
     )
