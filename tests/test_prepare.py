@@ -24,8 +24,10 @@ def test_october_matches_plain_python_reference(october):
     assert set(SUMMARY_KEYS) <= set(p.summary)
     got_test = set(zip(p.test["user_id"].astype(str), p.test["product_id"].astype(str)))
     assert got_test == ref["test_pairs"]
-    got_train = set(zip(p.train["user_id"].astype(str), p.train["product_id"].astype(str)))
+    raw = p.raw_ids(p.train)
+    got_train = set(zip(raw["user_id"].astype(str), raw["product_id"].astype(str)))
     assert got_train == ref["train_pairs"]
+    assert (p.raw_ids(p.test) == p.test[["user_id", "product_id"]]).all().all()
 
 
 def test_october_matches_the_seed_pandas_way(october):
@@ -49,9 +51,10 @@ def test_no_leakage_and_one_test_row_per_user(october):
 
 
 def test_test_row_is_the_users_last_event(october):
-    _, _, p = october
-    last_time = pd.concat([p.train, p.test]).groupby("user")["event_time"].max()
-    assert (p.test.set_index("user")["event_time"] == last_time.loc[p.test["user"]].to_numpy()).all()
+    events, _, p = october
+    kept = events[events["user_id"].isin(p.users["user_id"]) & events["product_id"].isin(p.products["product_id"])]
+    last_time = kept.groupby("user_id")["event_time"].max()
+    assert (p.test["event_time"].to_numpy() == last_time.loc[p.test["user_id"]].to_numpy()).all()
 
 
 def test_dense_ids_and_maps_both_ways(october):
@@ -60,10 +63,11 @@ def test_dense_ids_and_maps_both_ways(october):
     assert p.products.index.tolist() == list(range(p.n_items))
     assert p.users["user_id"].is_monotonic_increasing and p.products["product_id"].is_monotonic_increasing
     ui, ii = p.user_index(), p.item_index()
-    both = pd.concat([p.train, p.test])
+    both = p.test
     assert (ui.loc[both["user_id"]].to_numpy() == both["user"].to_numpy()).all()
     assert (ii.loc[both["product_id"]].to_numpy() == both["item"].to_numpy()).all()
     assert (p.users.loc[both["user"], "user_id"].to_numpy() == both["user_id"].to_numpy()).all()
+    assert p.train["user"].max() < p.n_users and p.train["item"].max() < p.n_items
 
 
 def test_ties_in_time_keep_file_order(write_csv):
@@ -105,6 +109,18 @@ def test_users_and_products_tables(write_csv):
     assert prod["brand"] is None and prod["price"] == pytest.approx(11.0)  # last seen
 
 
+def test_lean_read_prepares_the_same(october):
+    from recsys.events import read_events
+
+    events, report, catalogue = read_events(OCT, progress=False, lean=True)
+    assert list(events.columns) == ["event_time", "product_id", "user_id", "event_type_digit"]
+    lean = prepare(events, read_report=report, catalogue=catalogue)
+    full = october[2]
+    for name in ("train", "test", "users", "products", "quantiles"):
+        pd.testing.assert_frame_equal(getattr(full, name), getattr(lean, name))
+    assert report.event_type_counts == october[1].event_type_counts
+
+
 def test_save_load_round_trip(october, tmp_path):
     _, _, p = october
     p.save(tmp_path / "prep")
@@ -144,4 +160,5 @@ def test_random_data_against_reference(tmp_path):
     ref = prepare_summary(valid, 20, 30)
     for k in ("users_kept", "products_kept", "rows_kept", "train_rows", "test_rows"):
         assert p.summary[k] == ref[k], k
-    assert set(zip(p.train["user_id"].astype(str), p.train["product_id"].astype(str))) == ref["train_pairs"]
+    raw = p.raw_ids(p.train)
+    assert set(zip(raw["user_id"].astype(str), raw["product_id"].astype(str))) == ref["train_pairs"]

@@ -162,66 +162,168 @@ def _parse_time(col) -> pa.Array:
 
 
 def _categorical(col) -> pd.Categorical:
-    """Dictionary-encode a text column; empty text is missing (NaN)."""
-    col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
-    return pd.Categorical(pc.dictionary_encode(col).to_pandas())
+    """A text or dictionary column as a pandas Categorical; empty text is missing (NaN)."""
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col))
+    return pd.Categorical(col.to_pandas())
 
 
-class _Columns:
-    """Accumulates compact per-block arrays; concatenated once at the end."""
-
-    def __init__(self) -> None:
-        self.ints = {c: [] for c in ("event_time", "product_id", "category_id", "user_id")}
-        self.digits: list[np.ndarray] = []
-        self.price: list[np.ndarray] = []
-        self.cats = {c: [] for c in ("event_type", "category_code", "brand")}
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        for c in ("product_id", "category_id", "user_id"):
-            self.ints[c].append(pc.cast(batch[c], pa.int64()).to_numpy(zero_copy_only=False))
-        self.ints["event_time"].append(
-            pc.cast(batch["event_time"], pa.int64()).to_numpy(zero_copy_only=False)
-        )
-        self.price.append(_to_float32(batch["price"]))
-        et = _categorical(batch["event_type"])
-        # one extra slot at the end: code -1 (missing event type) maps to OTHER_EVENT_DIGIT
-        lut = np.array([EVENT_DIGITS.get(v, OTHER_EVENT_DIGIT) for v in et.categories] + [OTHER_EVENT_DIGIT], np.int8)
-        self.digits.append(lut[np.asarray(et.codes)])
-        self.cats["event_type"].append(et)
-        for c in ("category_code", "brand"):
-            self.cats[c].append(_categorical(batch[c]))
-
-    def frame(self) -> pd.DataFrame:
-        def cat(parts):
-            parts = [p for p in parts if len(p)]
-            if not parts:
-                return pd.Categorical([], categories=pd.Index([], dtype=object))
-            return union_categoricals(parts)
-
-        def ints(parts):
-            return np.concatenate(parts) if parts else np.empty(0, np.int64)
-
-        data = {
-            "event_time": ints(self.ints["event_time"]).astype("datetime64[s]"),
-            "event_type": cat(self.cats["event_type"]),
-            "product_id": ints(self.ints["product_id"]),
-            "category_id": ints(self.ints["category_id"]),
-            "category_code": cat(self.cats["category_code"]),
-            "brand": cat(self.cats["brand"]),
-            "price": np.concatenate(self.price) if self.price else np.empty(0, np.float32),
-            "user_id": ints(self.ints["user_id"]),
-            "event_type_digit": np.concatenate(self.digits) if self.digits else np.empty(0, np.int8),
-        }
-        return pd.DataFrame(data)
+def _int64(col) -> np.ndarray:
+    return pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def _to_float32(col) -> np.ndarray:
-    """Text -> float32; empty or unparseable -> NaN."""
-    col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+    """Text or number -> float32; empty or unparseable -> NaN."""
+    if pa.types.is_string(col.type):
+        col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
     try:
         return pc.cast(col, pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return pd.to_numeric(pd.Series(col.to_pylist(), dtype=object), errors="coerce").to_numpy(np.float32)
+
+
+_INT_COLUMNS = ("event_time", "product_id", "category_id", "user_id")
+_CAT_COLUMNS = ("event_type", "category_code", "brand")
+
+
+@dataclasses.dataclass
+class Catalogue:
+    """Side tables of the events that the model does not train on.
+
+    ``products``: one row per product, its last seen ``category_id``, ``category_code``,
+    ``brand`` and ``price``; ``purchases``: ``user_id`` and ``price`` of every purchase event.
+    """
+
+    products: pd.DataFrame
+    purchases: pd.DataFrame
+
+    @classmethod
+    def from_events(cls, events: pd.DataFrame) -> "Catalogue":
+        products = events[list(_META_COLUMNS)].drop_duplicates("product_id", keep="last")
+        buys = events["event_type_digit"].to_numpy() == EVENT_DIGITS["purchase"]
+        return cls(products=products.reset_index(drop=True),
+                   purchases=events.loc[buys, ["user_id", "price"]].reset_index(drop=True))
+
+
+_META_COLUMNS = ("product_id", "category_id", "category_code", "brand", "price")
+#: Columns of a lean read (``read_events(..., lean=True)``): what training needs, per row.
+LEAN_COLUMNS = ("event_time", "product_id", "user_id", "event_type_digit")
+_COLLAPSE_ROWS = 1_000_000
+
+
+class _Columns:
+    """Accumulates compact per-block arrays (no text is kept); concatenated once at the end.
+
+    ``lean``: keep only :data:`LEAN_COLUMNS` per row, and fold the product attributes and the
+    purchases into a :class:`Catalogue` as blocks arrive, so memory per kept row is 25 bytes.
+    """
+
+    def __init__(self, lean: bool = False) -> None:
+        self.lean = lean
+        per_row = ("event_time", "product_id", "user_id", "digit") + (() if lean else ("category_id", "price", *_CAT_COLUMNS))
+        self.parts: dict[str, list] = {c: [] for c in per_row}
+        self.type_counts: dict[str, int] = {}
+        self.meta: list[pd.DataFrame] = []
+        self.meta_rows = 0
+        self.buys: list[pd.DataFrame] = []
+
+    def mark(self):
+        return {k: len(v) for k, v in self.parts.items()}, len(self.meta), len(self.buys), dict(self.type_counts)
+
+    def rollback(self, mark) -> None:
+        lengths, n_meta, n_buys, counts = mark
+        for k, parts in self.parts.items():
+            del parts[lengths[k]:]
+        del self.meta[n_meta:]
+        del self.buys[n_buys:]
+        self.meta_rows = sum(len(m) for m in self.meta)
+        self.type_counts = counts
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """``batch`` has valid rows only; ids int64 or digit text, ``event_time`` a timestamp."""
+        for c in ("event_time", "product_id", "user_id"):
+            self.parts[c].append(_int64(batch[c]))
+        et = batch["event_type"]
+        if not pa.types.is_dictionary(et.type):
+            et = pc.dictionary_encode(pc.if_else(pc.equal(et, ""), pa.scalar(None, pa.string()), et))
+        names = et.dictionary.to_pylist()
+        # one extra slot at the end: a missing event type maps to OTHER_EVENT_DIGIT
+        codes = pc.fill_null(et.indices, len(names)).to_numpy(zero_copy_only=False)
+        lut = np.array([EVENT_DIGITS.get(v, OTHER_EVENT_DIGIT) for v in names] + [OTHER_EVENT_DIGIT], np.int8)
+        digit = lut[codes]
+        self.parts["digit"].append(digit)
+        for name, n in zip([*names, ""], np.bincount(codes, minlength=len(names) + 1)):
+            if n:
+                self.type_counts[name] = self.type_counts.get(name, 0) + int(n)
+        if not self.lean:
+            self.parts["event_type"].append(_categorical(et))
+            self.parts["category_id"].append(_int64(batch["category_id"]))
+            self.parts["price"].append(_to_float32(batch["price"]))
+            for c in _CAT_COLUMNS[1:]:
+                self.parts[c].append(_categorical(batch[c]))
+            return
+        pid = self.parts["product_id"][-1]
+        last = pa.array(~pd.Series(pid).duplicated(keep="last").to_numpy())
+        price = _to_float32(batch["price"])
+        meta = pa.table({c: batch[c] for c in _META_COLUMNS}).filter(last)  # stays Arrow until the end
+        self.meta.append(meta)
+        self.meta_rows += meta.num_rows
+        if self.meta_rows > _COLLAPSE_ROWS:
+            self.meta = [self._last_per_product()]
+            self.meta_rows = self.meta[0].num_rows
+        buys = digit == EVENT_DIGITS["purchase"]
+        if buys.any():
+            self.buys.append(pd.DataFrame({"user_id": self.parts["user_id"][-1][buys], "price": price[buys]}))
+
+    def _last_per_product(self) -> pa.Table:
+        table = pa.concat_tables(self.meta, promote_options="permissive").combine_chunks()
+        pid = pc.cast(table["product_id"], pa.int64()).to_numpy()
+        return table.filter(pa.array(~pd.Series(pid).duplicated(keep="last").to_numpy()))
+
+    def _products(self) -> pd.DataFrame:
+        if not self.meta:
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(_META_COLUMNS, ("int64", "int64", "object", "object", "float32"))})
+        table = self._last_per_product()
+        df = pd.DataFrame({
+            "product_id": _int64(table["product_id"]),
+            "category_id": _int64(table["category_id"]),
+            "category_code": np.asarray(_categorical(table["category_code"].combine_chunks()), dtype=object),
+            "brand": np.asarray(_categorical(table["brand"].combine_chunks()), dtype=object),
+            "price": _to_float32(table["price"].combine_chunks()),
+        })
+        return df
+
+    def catalogue(self) -> Catalogue:
+        buys = pd.concat(self.buys, ignore_index=True) if self.buys else pd.DataFrame(
+            {"user_id": pd.Series(dtype="int64"), "price": pd.Series(dtype="float32")})
+        return Catalogue(products=self._products(), purchases=buys)
+
+    def _take(self, name: str, dtype) -> np.ndarray:
+        """Concatenate one column and free its parts (peak: parts + one column, not all)."""
+        parts = self.parts.pop(name)
+        out = np.concatenate(parts) if parts else np.empty(0, dtype)
+        parts.clear()
+        return out
+
+    def frame(self) -> pd.DataFrame:
+        def cat(name):
+            parts = [p for p in self.parts.pop(name) if len(p)]
+            if not parts:
+                return pd.Categorical([], categories=pd.Index([], dtype=object))
+            return union_categoricals(parts)
+
+        data = {"event_time": self._take("event_time", np.int64).view("datetime64[s]")}
+        if not self.lean:
+            data["event_type"] = cat("event_type")
+        data["product_id"] = self._take("product_id", np.int64)
+        if not self.lean:
+            data["category_id"] = self._take("category_id", np.int64)
+            data["category_code"] = cat("category_code")
+            data["brand"] = cat("brand")
+            data["price"] = self._take("price", np.float32)
+        data["user_id"] = self._take("user_id", np.int64)
+        data["event_type_digit"] = self._take("digit", np.int8)
+        return pd.DataFrame(data, copy=False)
 
 
 def _line_of(good_index: int, skipped_sorted: list[int], first_data_line: int = 2) -> int:
@@ -238,14 +340,42 @@ def _line_of(good_index: int, skipped_sorted: list[int], first_data_line: int = 
 def _reason(batch: pa.RecordBatch, i: int) -> str:
     row = batch.slice(i, 1).to_pylist()[0]
     for c in ID_COLUMNS:
-        if not _valid_id(pa.array([row[c]], pa.string()))[0].as_py():
-            return f"bad {c} {row[c]!r}"
-    return f"bad event_time {row['event_time']!r}"
+        v = row[c]
+        if v is None or (isinstance(v, int) and v < 0) or (isinstance(v, str) and not _valid_id(pa.array([v]))[0].as_py()):
+            return f"bad {c} {v if v is not None else ''!r}"
+    return f"bad event_time {row['event_time'] if row['event_time'] is not None else ''!r}"
 
 
-def _read_one(path: Path, cols: _Columns, bar) -> FileReport:
+class _Retry(Exception):
+    """This pass cannot finish the file faithfully: re-read it with the next, slower pass."""
+
+
+#: Passes over a file, fastest first. "threaded": pyarrow converts the values itself on all
+#: cores, but its invalid-row handler gets no line numbers then, so any malformed row sends
+#: the file to "typed" (same, one thread, line numbers known); a value that does not convert
+#: (letters in an id, a malformed time) sends it to "text", which validates every value.
+_PASSES = ("threaded", "typed", "text")
+
+
+def _read_one(path: Path, cols: _Columns, bar, first_pass: str = "threaded") -> FileReport:
+    """Read one file into ``cols``, retrying with a slower pass when the fast one cannot
+    report malformed rows faithfully (clean files, the usual case, are read once)."""
     header = read_header(path)
     check_header(path, header)
+    mark, shown = cols.mark(), bar.n
+    mode = first_pass
+    while True:
+        try:
+            return _read_pass(path, header, cols, bar, mode)
+        except _Retry as retry:
+            cols.rollback(mark)
+            bar.n = shown
+            mode = str(retry)
+
+
+def _read_pass(path: Path, header, cols: _Columns, bar, mode: str) -> FileReport:
+    typed = mode != "text"
+    threaded = mode == "threaded"
     report = FileReport(path=str(path))
     skipped: list[int] = []  # physical line numbers pyarrow skipped (bad field count, blank)
 
@@ -258,58 +388,95 @@ def _read_one(path: Path, cols: _Columns, bar) -> FileReport:
             report._add_malformed(row.number, f"expected {row.expected_columns} fields, got {row.actual_columns}")
         return "skip"
 
+    types = {c: pa.string() for c in header}
+    if typed:
+        dictionary = pa.dictionary(pa.int32(), pa.string())
+        types.update({c: pa.int64() for c in ID_COLUMNS}, event_time=pa.timestamp("s"), price=pa.float32(),
+                     # a lean read keeps these only for one row per product: plain text is cheaper
+                     **{c: pa.string() if cols.lean and c != "event_type" else dictionary for c in _CAT_COLUMNS})
     raw = pa.OSFile(str(path), "rb")
     stream = pa.CompressedInputStream(raw, "gzip") if path.suffix == ".gz" else raw
-    reader = pacsv.open_csv(
-        stream,
-        read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, use_threads=False),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in header},
-            include_columns=list(READ_COLUMNS),
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+
+    def arrow_error(e: pa.ArrowInvalid):
+        if typed and "conversion error" in str(e):
+            return _Retry("text")
+        return EventsFormatError(f"{path}: {e}")
+
+    try:  # open_csv already reads and converts the first block
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(block_size=BLOCK_SIZE, use_threads=threaded),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                include_columns=list(READ_COLUMNS),
+                strings_can_be_null=typed,
+                quoted_strings_can_be_null=typed,
+                timestamp_parsers=[TIME_FORMAT, TIME_FORMAT[:-4]],
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        raw.close()
+        raise arrow_error(e) from None
     yielded = 0  # rows pyarrow yielded so far, before the value checks
     last_pos = 0
-    for batch in reader:
-        n = batch.num_rows
-        ok = _valid_id(batch["product_id"])
-        for c in ID_COLUMNS[1:]:
-            ok = pc.and_(ok, _valid_id(batch[c]))
-        times = _parse_time(batch["event_time"])
-        ok = pc.and_(ok, pc.is_valid(times))
-        n_ok = pc.sum(ok).as_py() or 0
-        n_blank = 0
-        if n_ok < n:
-            # pyarrow yields a blank line as a row of empty fields: a blank line is not a row
-            blank = pc.equal(pc.utf8_length(batch["event_time"]), 0)
-            for c in READ_COLUMNS[1:]:
-                blank = pc.and_(blank, pc.equal(pc.utf8_length(batch[c]), 0))
-            blank = blank.to_numpy(zero_copy_only=False)
-            n_blank = int(blank.sum())
-            skipped_sorted = sorted(skipped)
-            for i in np.flatnonzero(~ok.to_numpy(zero_copy_only=False) & ~blank):
-                report._add_malformed(_line_of(yielded + int(i), skipped_sorted), _reason(batch, int(i)))
-        batch = batch.set_column(batch.schema.get_field_index("event_time"), "event_time", times)
-        if n_ok < n:
-            batch = batch.filter(ok)
-        report.blank_lines += n_blank
-        report.rows_read += n - n_blank
-        report.rows_valid += batch.num_rows
-        yielded += n
-        cols.add(batch)
-        pos = raw.tell()
-        bar.update(pos - last_pos)
-        last_pos = pos
-    reader.close()
-    raw.close()
+    try:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as e:
+                raise arrow_error(e) from None
+            n = batch.num_rows
+            if typed:
+                ok = pc.is_valid(batch["event_time"])
+                for c in ID_COLUMNS:
+                    ok = pc.and_(ok, pc.fill_null(pc.greater_equal(batch[c], 0), False))
+                # a blank line arrives as a row of nulls
+                blank_cols = [pc.is_null(batch[c]) for c in READ_COLUMNS if c != "event_type"]
+            else:
+                ok = _valid_id(batch["product_id"])
+                for c in ID_COLUMNS[1:]:
+                    ok = pc.and_(ok, _valid_id(batch[c]))
+                times = _parse_time(batch["event_time"])
+                ok = pc.and_(ok, pc.is_valid(times))
+                # a blank line arrives as a row of empty fields
+                blank_cols = [pc.equal(pc.utf8_length(batch[c]), 0) for c in READ_COLUMNS]
+            n_ok = pc.sum(ok).as_py() or 0
+            if threaded and (skipped or n_ok < n):
+                raise _Retry("typed")
+            n_blank = 0
+            if n_ok < n:
+                blank = blank_cols[0]
+                for b in blank_cols[1:]:
+                    blank = pc.and_(blank, b)
+                blank = pc.fill_null(blank, False).to_numpy(zero_copy_only=False)
+                n_blank = int(blank.sum())
+                skipped_sorted = sorted(skipped)
+                for i in np.flatnonzero(~ok.to_numpy(zero_copy_only=False) & ~blank):
+                    report._add_malformed(_line_of(yielded + int(i), skipped_sorted), _reason(batch, int(i)))
+            if not typed:
+                batch = batch.set_column(batch.schema.get_field_index("event_time"), "event_time", times)
+            if n_ok < n:
+                batch = batch.filter(ok)
+            report.blank_lines += n_blank
+            report.rows_read += n - n_blank
+            report.rows_valid += batch.num_rows
+            yielded += n
+            cols.add(batch)
+            pos = raw.tell()
+            bar.update(pos - last_pos)
+            last_pos = pos
+    finally:
+        reader.close()
+        raw.close()
     report.malformed_examples.sort(key=lambda e: (e[0] is None, e[0]))
     return report
 
 
-def read_events(paths: str | os.PathLike | Iterable[str | os.PathLike], progress: bool = True):
+def read_events(paths: str | os.PathLike | Iterable[str | os.PathLike], progress: bool = True,
+                lean: bool = False):
     """Read one or many REES46 CSV files (``.csv`` or ``.csv.gz``) into one DataFrame.
 
     Returns ``(events, report)``. ``events`` has, in file order then row order:
@@ -317,6 +484,10 @@ def read_events(paths: str | os.PathLike | Iterable[str | os.PathLike], progress
     ``category_id`` and ``user_id`` (int64), ``category_code`` and ``brand`` (category, NaN
     when empty), ``price`` (float32) and ``event_type_digit`` (int8: the seed's 4/3/2/1).
     ``report`` (:class:`ReadReport`) counts rows read, valid and malformed per file.
+
+    ``lean=True`` keeps only :data:`LEAN_COLUMNS` per row (25 bytes a row: what the full
+    Kaggle files need to fit in memory) and returns ``(events, report, catalogue)`` with the
+    product attributes and purchases folded into a :class:`Catalogue` while reading.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -326,17 +497,15 @@ def read_events(paths: str | os.PathLike | Iterable[str | os.PathLike], progress
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"input file not found: {p}")
-    cols = _Columns()
+    cols = _Columns(lean=lean)
     total = sum(p.stat().st_size for p in paths)
     reports = []
     with progress_bar(total=total, unit="B", unit_scale=True, desc="read events", enabled=progress) as bar:
         for p in paths:
             reports.append(_read_one(p, cols, bar))
-    events = cols.frame()
-    counts = events["event_type"].value_counts(sort=False)
-    type_counts = {str(k): int(v) for k, v in counts.items() if v}
+    type_counts = dict(sorted(cols.type_counts.items()))
     other = {k: v for k, v in type_counts.items() if k not in KNOWN_EVENT_TYPES}
-    missing_type = int(events["event_type"].isna().sum())
-    if missing_type:
-        other[""] = missing_type
-    return events, ReadReport(files=reports, event_type_counts=type_counts, other_event_types=other)
+    report = ReadReport(files=reports, event_type_counts={k: v for k, v in type_counts.items() if k}, other_event_types=other)
+    catalogue = cols.catalogue() if lean else None
+    events = cols.frame()
+    return (events, report, catalogue) if lean else (events, report)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,6 @@ SUMMARY_KEYS = (
     "train_rows",
     "test_rows",
 )
-_INTERACTION_COLUMNS = [USER, ITEM, USER_ID, PRODUCT_ID, LABEL, "event_time"]
 
 
 class EmptyDatasetError(ValueError):
@@ -58,8 +58,10 @@ class EmptyDatasetError(ValueError):
 class Prepared:
     """A prepared dataset.
 
-    ``train``/``test``: ``user``, ``item`` (dense int32), ``user_id``, ``product_id`` (raw
-    int64), ``event_type_digit`` (int8), ``event_time``.
+    ``train``: ``user``, ``item`` (dense int32) and ``event_type_digit`` (int8), in time order
+    (9 bytes a row: map to raw ids with ``users``/``products``).
+    ``test``: one row per kept user, by ``user``: ``user``, ``item``, ``user_id``,
+    ``product_id``, ``event_type_digit``, ``event_time``.
     ``users``: one row per kept user, indexed by ``user``: ``user_id``, ``n_events`` (raw
     count), ``sum_purchase`` (sum of purchase prices, the workshop's ``users`` column).
     ``products``: one row per kept product, indexed by ``item``: ``product_id``,
@@ -92,6 +94,13 @@ class Prepared:
         """raw ``product_id`` -> dense ``item``."""
         return pd.Series(self.products.index.to_numpy(), index=self.products[PRODUCT_ID].to_numpy(), name=ITEM)
 
+    def raw_ids(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame``'s ``user``/``item`` columns as raw ``user_id``/``product_id``."""
+        return pd.DataFrame({
+            USER_ID: self.users[USER_ID].to_numpy()[frame[USER].to_numpy()],
+            PRODUCT_ID: self.products[PRODUCT_ID].to_numpy()[frame[ITEM].to_numpy()],
+        }, index=frame.index)
+
     def save(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +121,7 @@ class Prepared:
             )
         def interactions(name):  # Parquet has no second unit: it comes back as ms
             df = pd.read_parquet(out / name)
-            return df.astype({"event_time": "datetime64[s]"})
+            return df.astype({"event_time": "datetime64[s]"}) if "event_time" in df else df
 
         return cls(
             train=interactions("train.parquet"),
@@ -136,86 +145,73 @@ def count_quantiles(user_counts: pd.Series, product_counts: pd.Series, quantiles
     )
 
 
-def _last_index(keys: np.ndarray, n_keys: int) -> np.ndarray:
-    """For each key 0..n_keys-1, the position of its last occurrence in ``keys`` (-1 if none)."""
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    ends = np.flatnonzero(np.r_[sk[1:] != sk[:-1], True]) if len(sk) else np.empty(0, np.int64)
-    out = np.full(n_keys, -1, np.int64)
-    out[sk[ends]] = order[ends]
-    return out
-
-
-def _counts(ids: np.ndarray):
-    """Sorted unique ids, their counts, and each row's position in the unique array."""
-    uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    return uniq, inverse, counts
-
-
 def prepare(
     events: pd.DataFrame,
     min_user_events: int = DEFAULT_MIN_USER_EVENTS,
     min_product_events: int = DEFAULT_MIN_PRODUCT_EVENTS,
     read_report=None,
+    catalogue=None,
 ) -> Prepared:
-    """Filter, index and split ``events`` (as returned by :func:`recsys.events.read_events`)."""
+    """Filter, index and split ``events`` (as returned by :func:`recsys.events.read_events`).
+
+    ``events`` needs ``user_id``, ``product_id``, ``event_time`` and ``event_type_digit``; the
+    product and purchase tables come from ``catalogue`` (a lean read) or from the other columns.
+    Hash-based counting (``pd.factorize``) and boolean masks keep it linear in the rows; the
+    time sort is skipped when the rows already are in time order (the Kaggle files are).
+    """
+    from .events import Catalogue
+
     if min_user_events < 1 or min_product_events < 1:
         raise ValueError("min_user_events and min_product_events must be >= 1")
     if len(events) == 0:
         raise EmptyDatasetError("no events to prepare (every input row was malformed, or the files are empty)")
-    user_ids = events[USER_ID].to_numpy()
-    product_ids = events[PRODUCT_ID].to_numpy()
-    u_uniq, u_inv, u_cnt = _counts(user_ids)
-    p_uniq, p_inv, p_cnt = _counts(product_ids)
+    if catalogue is None:
+        catalogue = Catalogue.from_events(events)
+    # pandas' hash tables release the GIL: count users and products on two threads
+    with ThreadPoolExecutor(2) as pool:
+        users_f = pool.submit(pd.factorize, events[USER_ID].to_numpy())
+        (p_codes, p_uniq), (u_codes, u_uniq) = pd.factorize(events[PRODUCT_ID].to_numpy()), users_f.result()
+    u_cnt = np.bincount(u_codes)
+    p_cnt = np.bincount(p_codes)
     quantiles = count_quantiles(pd.Series(u_cnt), pd.Series(p_cnt))
 
-    keep = (u_cnt[u_inv] >= min_user_events) & (p_cnt[p_inv] >= min_product_events)
-    rows_kept = int(keep.sum())
+    keep = (u_cnt >= min_user_events)[u_codes]
+    keep &= (p_cnt >= min_product_events)[p_codes]
+    u_codes, p_codes = u_codes[keep], p_codes[keep]
+    rows_kept = len(u_codes)
     if rows_kept == 0:
         raise EmptyDatasetError(
             f"no rows left after the min-count filter (users >= {min_user_events}, "
             f"products >= {min_product_events} events): use smaller minimums or more data"
         )
-    # Dense ids over what survives: ascending raw id.
-    u_kept = np.zeros(len(u_uniq), bool)
-    u_kept[u_inv[keep]] = True
-    p_kept = np.zeros(len(p_uniq), bool)
-    p_kept[p_inv[keep]] = True
-    u_dense = np.cumsum(u_kept, dtype=np.int64) - 1  # unique position -> dense user
-    p_dense = np.cumsum(p_kept, dtype=np.int64) - 1
-    kept_idx = np.flatnonzero(keep)
-    user = u_dense[u_inv[kept_idx]].astype(np.int32)
-    item = p_dense[p_inv[kept_idx]].astype(np.int32)
-
-    # Time order, ties in file order (stable sort).
-    times = events["event_time"].to_numpy()[kept_idx]
-    order = np.argsort(times, kind="stable")
-    kept_idx, user, item, times = kept_idx[order], user[order], item[order], times[order]
-    n_users, n_items = int(u_kept.sum()), int(p_kept.sum())
+    # Dense ids over what survives, in ascending raw-id order.
+    user, user_ids = _dense(u_codes, u_uniq)
+    del u_codes
+    item, product_ids = _dense(p_codes, p_uniq)
+    del p_codes
+    n_users, n_items = len(user_ids), len(product_ids)
+    times = events["event_time"].to_numpy()[keep]
+    label = events[LABEL].to_numpy()[keep]
+    del keep
+    # Time order, ties in file order (stable sort), unless already ordered.
+    if len(times) > 1 and not (times[1:] >= times[:-1]).all():
+        order = np.argsort(times, kind="stable")
+        user, item, times, label = user[order], item[order], times[order], label[order]
+        del order
 
     # Leave-last-out: the last kept row of each user (in time order) is the test row.
-    last_row = _last_index(user, n_users)
-    test_item_of_user = item[last_row]
-    is_test = np.zeros(len(user), bool)
-    is_test[last_row] = True
+    is_test = ~pd.Series(user).duplicated(keep="last").to_numpy()
+    test_item_of_user = np.empty(n_users, np.int32)
+    test_item_of_user[user[is_test]] = item[is_test]
     in_train = test_item_of_user[user] != item  # a test pair never appears in train
-
-    def frame(mask: np.ndarray) -> pd.DataFrame:
-        rows = kept_idx[mask]
-        return pd.DataFrame(
-            {
-                USER: user[mask],
-                ITEM: item[mask],
-                USER_ID: user_ids[rows],
-                PRODUCT_ID: product_ids[rows],
-                LABEL: events[LABEL].to_numpy()[rows],
-                "event_time": times[mask],
-            }
-        )
-
-    train, test = frame(in_train), frame(is_test)
-    users = _user_table(events, u_uniq, u_cnt, u_kept, u_inv)
-    products = _product_table(events, p_uniq, p_cnt, p_kept, p_inv)
+    train = pd.DataFrame({USER: user[in_train], ITEM: item[in_train], LABEL: label[in_train]})
+    del in_train
+    t_user, t_item = user[is_test], item[is_test]
+    test = pd.DataFrame({USER: t_user, ITEM: t_item, USER_ID: user_ids[t_user], PRODUCT_ID: product_ids[t_item],
+                         LABEL: label[is_test], "event_time": times[is_test]})
+    test = test.sort_values(USER, kind="stable").reset_index(drop=True)
+    users = _user_table(user_ids, u_cnt, u_uniq, catalogue.purchases)
+    products = _product_table(product_ids, p_cnt, p_uniq, catalogue.products)
 
     summary = {
         "rows_read": int(read_report.rows_read) if read_report is not None else int(len(events)),
@@ -228,7 +224,7 @@ def prepare(
         "rows_kept": rows_kept,
         "train_rows": int(len(train)),
         "test_rows": int(len(test)),
-        "test_users_without_train_rows": int(n_users - len(np.unique(train[USER].to_numpy()))),
+        "test_users_without_train_rows": int(n_users - np.count_nonzero(np.bincount(train[USER].to_numpy(), minlength=n_users))),
         "min_user_events": int(min_user_events),
         "min_product_events": int(min_product_events),
     }
@@ -237,32 +233,41 @@ def prepare(
     return Prepared(train=train, test=test, users=users, products=products, quantiles=quantiles, summary=summary)
 
 
-def _user_table(events, u_uniq, u_cnt, u_kept, u_inv) -> pd.DataFrame:
-    purchase = (events["event_type"] == "purchase").to_numpy()
-    price = np.nan_to_num(events["price"].to_numpy(np.float64))
-    spent = np.bincount(u_inv, weights=np.where(purchase, price, 0.0), minlength=len(u_uniq))
-    users = pd.DataFrame(
-        {USER_ID: u_uniq[u_kept], "n_events": u_cnt[u_kept].astype(np.int64), "sum_purchase": spent[u_kept]}
-    )
+def _dense(codes: np.ndarray, uniq: np.ndarray):
+    """Factorize codes of the kept rows -> (dense int32 id per row, raw id per dense id, ascending)."""
+    present = np.bincount(codes, minlength=len(uniq)) > 0
+    kept_codes = np.flatnonzero(present)
+    raw = uniq[kept_codes]
+    order = np.argsort(raw, kind="stable")
+    dense_of_code = np.full(len(uniq), -1, np.int32)
+    dense_of_code[kept_codes[order]] = np.arange(len(order), dtype=np.int32)
+    return dense_of_code[codes], raw[order]
+
+
+def _user_table(user_ids, u_cnt, u_uniq, purchases: pd.DataFrame) -> pd.DataFrame:
+    count = pd.Series(u_cnt, index=u_uniq)
+    spent = purchases.groupby(USER_ID)["price"].sum(min_count=1).astype(np.float64)
+    users = pd.DataFrame({
+        USER_ID: user_ids,
+        "n_events": count.loc[user_ids].to_numpy(np.int64),
+        "sum_purchase": np.round(spent.reindex(user_ids).fillna(0.0).to_numpy(), 2),
+    })
     users.index.name = USER
     return users
 
 
-def _product_table(events, p_uniq, p_cnt, p_kept, p_inv) -> pd.DataFrame:
-    # Last seen attributes of each product (file order): reverse, take the first occurrence.
-    rows = _last_index(p_inv, len(p_uniq))[p_kept]
-    products = pd.DataFrame(
-        {
-            PRODUCT_ID: p_uniq[p_kept],
-            "category_id": events["category_id"].to_numpy()[rows],
-            "category_code": events["category_code"].take(rows).to_numpy(),
-            "brand": events["brand"].take(rows).to_numpy(),
-            "price": np.round(events["price"].to_numpy()[rows].astype(np.float64), 2),
-            "n_events": p_cnt[p_kept].astype(np.int64),
-        }
-    )
+def _product_table(product_ids, p_cnt, p_uniq, meta: pd.DataFrame) -> pd.DataFrame:
+    meta = meta.set_index(PRODUCT_ID).reindex(product_ids)
+    products = pd.DataFrame({
+        PRODUCT_ID: product_ids,
+        "category_id": meta["category_id"].to_numpy(np.int64),
+        "category_code": meta["category_code"].astype(object).to_numpy(),
+        "brand": meta["brand"].astype(object).to_numpy(),
+        "price": np.round(meta["price"].to_numpy(np.float64), 2),
+        "n_events": pd.Series(p_cnt, index=p_uniq).loc[product_ids].to_numpy(np.int64),
+    })
     for c in ("category_code", "brand"):
-        products[c] = products[c].astype(object).where(products[c].notna(), None)
+        products[c] = products[c].where(products[c].notna(), None)
     products.index.name = ITEM
     return products
 
@@ -274,11 +279,11 @@ def prepare_files(
     min_product_events: int = DEFAULT_MIN_PRODUCT_EVENTS,
     progress: bool = True,
 ) -> Prepared:
-    """Read, prepare and (when ``out_dir`` is given) save, in one call."""
+    """Read (lean: 25 bytes per row), prepare and (when ``out_dir`` is given) save, in one call."""
     from .events import read_events
 
-    events, report = read_events(paths, progress=progress)
-    prepared = prepare(events, min_user_events, min_product_events, read_report=report)
+    events, report, catalogue = read_events(paths, progress=progress, lean=True)
+    prepared = prepare(events, min_user_events, min_product_events, read_report=report, catalogue=catalogue)
     if out_dir is not None:
         prepared.save(out_dir)
     return prepared
