@@ -162,3 +162,32 @@ def test_random_data_against_reference(tmp_path):
         assert p.summary[k] == ref[k], k
     raw = p.raw_ids(p.train)
     assert set(zip(raw["user_id"].astype(str), raw["product_id"].astype(str))) == ref["train_pairs"]
+
+
+def test_lean_read_on_the_text_pass_matches_full_read(write_csv):
+    """A value that does not convert sends the file to the text pass; lean and full agree."""
+    from recsys.events import read_events
+
+    lines = [row(user=u, product=p, brand=f"b{p}", price=f"{p}.5") for u in range(1, 8) for p in range(100, 106)]
+    lines.insert(3, row(user="x1"))  # letters: the typed passes cannot convert this
+    path = write_csv("text.csv", lines)
+    full_events, full_report = read_events(path, progress=False)
+    events, report, catalogue = read_events(path, progress=False, lean=True)
+    assert report.rows_malformed == full_report.rows_malformed == 1
+    assert report.files[0].malformed_examples == [(5, "bad user_id 'x1'")]
+    a, b = prepare(full_events), prepare(events, catalogue=catalogue)
+    for name in ("train", "test", "users", "products"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.slow
+def test_two_million_synthetic_rows_lean_equals_full(tmp_path):
+    from recsys.events import read_events
+    from recsys.synthetic import generate
+
+    path = generate(tmp_path / "big.csv", rows=2_000_000, seed=5, progress=False)
+    full = prepare(*read_events(path, progress=False)[:1])
+    events, report, catalogue = read_events(path, progress=False, lean=True)
+    lean = prepare(events, read_report=report, catalogue=catalogue)
+    for name in ("train", "test", "users", "products"):
+        pd.testing.assert_frame_equal(getattr(full, name), getattr(lean, name))
