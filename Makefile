@@ -32,6 +32,7 @@ help:
 	@echo "make sync       regenerate notebooks/*.ipynb from their py:percent sources"
 	@echo "make bench      run the benchmarks under benchmarks/"
 	@echo "make test-slow  the slow test tier"
+	@echo "make lint       ruff (pyflakes rules)"
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
@@ -60,6 +61,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do echo "=== $$b"; $(BIN)/python $$b; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks notebooks
 
 clean:
 	rm -rf $(OUT) .pytest_cache benchmarks/_work

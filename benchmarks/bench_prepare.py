@@ -112,7 +112,7 @@ def scaling(sizes: list[int]) -> None:
         kept = m["result"]["rows_kept"]
         points.append((rows, kept, m["peak_bytes"], m["seconds"]))
         print(f"  {rows:>12,} rows  {kept:>12,} kept  peak {gib(m['peak_bytes'])}  {m['seconds']:.1f} s")
-    (r1, k1, m1, _), (r2, k2, m2, _) = points[0], points[-1]
+    (_, k1, m1, _), (_, k2, m2, _) = points[0], points[-1]
     per_row = (m2 - m1) / (k2 - k1)
     base = m1 - per_row * k1
     full = 110_000_000

@@ -1,11 +1,6 @@
 """Notebooks: pairs in sync, and each notebook run end to end with papermill on the sample."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import jupytext
 import nbformat

@@ -161,11 +161,18 @@ def _parse_time(col) -> pa.Array:
     return t
 
 
+def _empty_as_null(col):
+    return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+
+
+def _dictionary(col):
+    """A text or dictionary column as an Arrow dictionary array; empty text is missing."""
+    return col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(_empty_as_null(col))
+
+
 def _categorical(col) -> pd.Categorical:
     """A text or dictionary column as a pandas Categorical; empty text is missing (NaN)."""
-    if not pa.types.is_dictionary(col.type):
-        col = pc.dictionary_encode(pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col))
-    return pd.Categorical(col.to_pandas())
+    return pd.Categorical(_dictionary(col).to_pandas())
 
 
 def _int64(col) -> np.ndarray:
@@ -175,14 +182,13 @@ def _int64(col) -> np.ndarray:
 def _to_float32(col) -> np.ndarray:
     """Text or number -> float32; empty or unparseable -> NaN."""
     if pa.types.is_string(col.type):
-        col = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+        col = _empty_as_null(col)
     try:
         return pc.cast(col, pa.float32()).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return pd.to_numeric(pd.Series(col.to_pylist(), dtype=object), errors="coerce").to_numpy(np.float32)
 
 
-_INT_COLUMNS = ("event_time", "product_id", "category_id", "user_id")
 _CAT_COLUMNS = ("event_type", "category_code", "brand")
 
 
@@ -243,9 +249,7 @@ class _Columns:
         """``batch`` has valid rows only; ids int64 or digit text, ``event_time`` a timestamp."""
         for c in ("event_time", "product_id", "user_id"):
             self.parts[c].append(_int64(batch[c]))
-        et = batch["event_type"]
-        if not pa.types.is_dictionary(et.type):
-            et = pc.dictionary_encode(pc.if_else(pc.equal(et, ""), pa.scalar(None, pa.string()), et))
+        et = _dictionary(batch["event_type"])
         names = et.dictionary.to_pylist()
         # one extra slot at the end: a missing event type maps to OTHER_EVENT_DIGIT
         codes = pc.fill_null(et.indices, len(names)).to_numpy(zero_copy_only=False)
