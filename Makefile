@@ -47,7 +47,8 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 sync: $(STAMP)
-	$(BIN)/jupytext --quiet --to ipynb $(NOTEBOOKS)
+	@# --update keeps the existing cell ids, so an unchanged source gives an unchanged .ipynb
+	$(BIN)/jupytext --quiet --update --to ipynb $(NOTEBOOKS)
 
 run-all: $(STAMP)
 	$(BIN)/python -m recsys.runner --out $(OUT) $(NB_ARGS)
