@@ -41,3 +41,21 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert "Traceback" not in r.stderr
     r = run("prepare", tmp_path / "missing.csv", "--out", tmp_path / "p", "-q")
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_train_prints_metrics_and_writes_a_model(tmp_path):
+    r = run("prepare", OCT, "--out", tmp_path / "p", "-q")
+    assert r.returncode == 0, r.stderr
+    r = run("train", tmp_path / "p", "--model-dir", tmp_path / "m", "--epochs", 1, "--ctx", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1
+    m = json.loads(lines[0])
+    assert {"train_mse", "test_mse", "hr_at_10", "ndcg_at_10", "train_rows_per_second"} <= set(m)
+    assert m["train_rows_per_second"] > 0 and 0 <= m["hr_at_10"] <= 1
+    assert (tmp_path / "m" / "manifest.json").is_file()
+
+
+def test_train_on_a_missing_dataset_exits_2(tmp_path):
+    r = run("train", tmp_path / "nothing", "--model-dir", tmp_path / "m", "-q")
+    assert r.returncode == 2 and "run notebook 01" in r.stderr and "Traceback" not in r.stderr

@@ -53,3 +53,21 @@ def test_notebook_01_on_october_sample(tmp_path):
     text = (tmp_path / "notebooks" / "01_explore_clean_prepare.ipynb").read_text()
     assert str(ROOT) not in text  # no absolute paths of the checkout
     assert "start_time" not in text and "duration" not in text  # no timestamps
+
+
+@pytest.mark.notebook
+def test_notebook_02_after_01_on_october_sample(tmp_path):
+    run_notebook("01_explore_clean_prepare", tmp_path)
+    prepared_dir = str(tmp_path / "prepared")
+    run_notebook("02_train_local", tmp_path, prepared_dir=prepared_dir, implicit_epochs=10)
+    m = json.loads((tmp_path / "metrics" / "02_train_local.json").read_text())
+    assert set(m["event_score"]) >= {"train_mse", "test_mse", "hr_at_10", "ndcg_at_10"}
+    assert set(m["implicit"]) >= {"hr_at_10", "ndcg_at_10"} and set(m["popularity"]) >= {"hr_at_10", "ndcg_at_10"}
+    assert len(m["event_score"]["history"]) == 3
+    assert 0 < m["event_score"]["test_mse"] < 10 and m["event_score"]["test_mse"] != m["event_score"]["train_mse"]
+    assert m["popularity"]["hr_at_10"] == pytest.approx(0.0873, abs=1e-3)  # 77 of 882 test users
+    assert m["test_users"] == 882
+    for d in ("model", "model_implicit"):
+        assert (tmp_path / d / "manifest.json").is_file()
+    for fig in ("02_train_test_mse.png", "02_two_users_scatter.png", "02_ranking.png"):
+        assert (tmp_path / "figures" / fig).stat().st_size > 5_000

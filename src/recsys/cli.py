@@ -34,6 +34,32 @@ def _cmd_prepare(args) -> dict:
     return {k: prepared.summary[k] for k in SUMMARY_KEYS}
 
 
+def _cmd_train(args) -> dict:
+    import dataclasses
+
+    from .artifacts import save_model
+    from .metrics import evaluate_model
+    from .prepare import Prepared
+    from .training import fit
+
+    prepared = Prepared.load(args.prepared_dir)
+    params = {k: getattr(args, k) for k in ("epochs", "num_embeddings", "batch_size", "opt", "lr", "momentum", "wd",
+                                            "dropout", "init_magnitude", "objective", "ctx", "seed")}
+    result = fit(prepared, progress=not args.quiet, **params)
+    ranking = evaluate_model(result.net, prepared)
+    metrics = {
+        "epochs": result.config.epochs,
+        "objective": result.config.objective,
+        "train_mse": result.last.get("train_mse"),
+        "test_mse": result.last.get("test_mse"),
+        "hr_at_10": ranking["hr_at_10"],
+        "ndcg_at_10": ranking["ndcg_at_10"],
+        "train_rows_per_second": result.train_rows_per_second,
+    }
+    save_model(args.model_dir, result.net, prepared, dataclasses.asdict(result.config), metrics)
+    return {**metrics, "model_dir": str(args.model_dir)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,6 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-product-events", type=int, default=DEFAULT_MIN_PRODUCT_EVENTS)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_prepare)
+
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    s = sub.add_parser("train", help="train the MF model on a prepared dataset and save a model directory")
+    s.add_argument("prepared_dir", metavar="PREPARED_DIR")
+    s.add_argument("--model-dir", required=True)
+    s.add_argument("--epochs", type=int, default=d.epochs)
+    s.add_argument("--num-embeddings", type=int, default=d.num_embeddings)
+    s.add_argument("--batch-size", type=int, default=d.batch_size)
+    s.add_argument("--opt", default=d.opt, help="any MXNet optimizer name (default: sgd)")
+    s.add_argument("--lr", type=float, default=d.lr)
+    s.add_argument("--momentum", type=float, default=d.momentum)
+    s.add_argument("--wd", type=float, default=d.wd)
+    s.add_argument("--dropout", type=float, default=d.dropout)
+    s.add_argument("--init-magnitude", type=float, default=d.init_magnitude)
+    s.add_argument("--objective", choices=("event_score", "implicit"), default=d.objective)
+    s.add_argument("--ctx", default=d.ctx, help="auto (GPU if MXNet sees one), cpu, gpu, gpu:N")
+    s.add_argument("--seed", type=int, default=d.seed)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_train)
     return p
 
 

@@ -56,3 +56,46 @@ def funnel(before: dict, after: dict):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def training_curves(histories: dict):
+    """Train and test MSE per epoch, one line pair per run (``{"label": history}``)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for (label, history), color in zip(histories.items(), ("#4C72B0", "#DD8452", "#55A868", "#C44E52")):
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h["train_mse"] for h in history], "-o", color=color, label=f"{label}: train")
+        ax.plot(epochs, [h["test_mse"] for h in history], "--s", color=color, label=f"{label}: test")
+    ax.set_xticks(sorted({h["epoch"] for history in histories.values() for h in history}))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (event_type_digit)")
+    ax.set_title("train vs test MSE per epoch")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def prediction_scatter(x, y, xlabel: str, ylabel: str):
+    """The seed's check: two users' predictions for every product, against each other."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.scatter(x, y, s=6, alpha=0.5, color="#4C72B0")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("predictions for every product")
+    fig.tight_layout()
+    return fig
+
+
+def ranking_bars(table):
+    """HR@10 and NDCG@10 per model (``table``: DataFrame indexed by model)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    table[["hr_at_10", "ndcg_at_10"]].plot.bar(ax=ax, color=["#4C72B0", "#DD8452"], rot=0)
+    ax.set_title("full-catalogue ranking on the leave-last-out test set")
+    ax.set_ylabel("score")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,168 @@
+"""A trained model as a directory that a fresh process (or a SageMaker container) can load.
+
+Layout::
+
+    config.json          architecture (MFBlock arguments), hyperparameters, objective
+    model.params         the network's parameters (Gluon ``save_parameters``)
+    user_ids.npy         raw user id of each dense ``user`` (int64, ascending)
+    product_ids.npy      raw product id of each dense ``item`` (int64, ascending)
+    item_popularity.npy  training events per item (the fallback ranking)
+    manifest.json        versions, data fingerprint, SHA-256 of every file above
+
+:class:`Recommender` answers on **raw** ids:
+
+* ``score(user_ids, product_ids)`` -> float64 array; a pair whose user or product the model
+  does not know scores ``NaN`` (never a score from a made-up index); ``known(...)`` says which.
+* ``recommend(user_id, k)`` -> the k best products the user has not been excluded from; for
+  an unknown user, the k most popular training products, each marked ``"source":
+  "popularity"`` with ``score`` ``None``.
+
+Imported by the SageMaker inference container (Python 3.8): NumPy and MXNet only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+FILES = ("config.json", "model.params", "user_ids.npy", "product_ids.npy", "item_popularity.npy")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_fingerprint(prepared) -> str:
+    """SHA-256 over the id maps and the training interactions."""
+    h = hashlib.sha256()
+    for arr in (prepared.users["user_id"].to_numpy(np.int64), prepared.products["product_id"].to_numpy(np.int64),
+                prepared.train["user"].to_numpy(np.int32), prepared.train["item"].to_numpy(np.int32),
+                prepared.train["event_type_digit"].to_numpy(np.int8)):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def save_model(model_dir, net, prepared, hyperparameters: dict | None = None, metrics: dict | None = None) -> Path:
+    """Write the model directory for ``net`` trained on ``prepared``."""
+    import mxnet
+
+    from . import __version__
+
+    out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"format_version": FORMAT_VERSION, "architecture": net.config(),
+              "hyperparameters": dict(hyperparameters or {})}
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    net.save_parameters(str(out / "model.params"))
+    np.save(out / "user_ids.npy", prepared.users["user_id"].to_numpy(np.int64))
+    np.save(out / "product_ids.npy", prepared.products["product_id"].to_numpy(np.int64))
+    np.save(out / "item_popularity.npy",
+            np.bincount(prepared.train["item"].to_numpy(), minlength=prepared.n_items).astype(np.float64))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "versions": {"recsys": __version__, "mxnet": mxnet.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "data_fingerprint": data_fingerprint(prepared),
+        "n_users": int(prepared.n_users),
+        "n_items": int(prepared.n_items),
+        "files": {name: _sha256(out / name) for name in FILES},
+        "metrics": metrics or {},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=float) + "\n")
+    return out
+
+
+class ModelDirError(ValueError):
+    """The directory is not a complete, intact model directory."""
+
+
+def _lookup(sorted_ids: np.ndarray, raw) -> tuple:
+    """Dense index of each raw id (ascending map) and whether it is known."""
+    raw = np.asarray(raw, dtype=np.int64).reshape(-1)
+    pos = np.searchsorted(sorted_ids, raw)
+    pos_c = np.minimum(pos, len(sorted_ids) - 1)
+    known = (pos < len(sorted_ids)) & (sorted_ids[pos_c] == raw) if len(sorted_ids) else np.zeros(len(raw), bool)
+    return pos_c, known
+
+
+class Recommender:
+    """A loaded model: scores and recommendations on raw ids."""
+
+    def __init__(self, net, user_ids: np.ndarray, product_ids: np.ndarray, popularity: np.ndarray,
+                 config: dict, manifest: dict) -> None:
+        from .metrics import tower_vectors
+
+        self.net = net
+        self.user_ids = user_ids
+        self.product_ids = product_ids
+        self.popularity = popularity
+        self.config = config
+        self.manifest = manifest
+        # The towers are independent until the dot product: compute every vector once.
+        self.user_vectors, self.item_vectors = tower_vectors(net, len(user_ids), len(product_ids))
+
+    @classmethod
+    def load(cls, model_dir, ctx="auto", verify: bool = True) -> "Recommender":
+        from .model import MFBlock
+        from .mx import context
+
+        d = Path(model_dir)
+        missing = [name for name in FILES + ("manifest.json",) if not (d / name).is_file()]
+        if missing:
+            raise ModelDirError(f"{d}: not a model directory, missing {', '.join(missing)}")
+        manifest = json.loads((d / "manifest.json").read_text())
+        if verify:
+            bad = [name for name, digest in manifest.get("files", {}).items() if _sha256(d / name) != digest]
+            if bad:
+                raise ModelDirError(f"{d}: files changed since they were saved: {', '.join(bad)}")
+        config = json.loads((d / "config.json").read_text())
+        arch = config["architecture"]
+        net = MFBlock(arch["max_users"], arch["max_items"], arch["num_emb"], arch["dropout_p"])
+        net.load_parameters(str(d / "model.params"), ctx=context(ctx))
+        net.hybridize(static_alloc=True)
+        return cls(net, np.load(d / "user_ids.npy"), np.load(d / "product_ids.npy"),
+                   np.load(d / "item_popularity.npy"), config, manifest)
+
+    def known(self, user_ids, product_ids) -> np.ndarray:
+        _, ku = _lookup(self.user_ids, user_ids)
+        _, kp = _lookup(self.product_ids, product_ids)
+        return ku & kp
+
+    def score(self, user_ids, product_ids) -> np.ndarray:
+        """Scores of raw (user_id, product_id) pairs (same length); NaN where either is unknown."""
+        u, ku = _lookup(self.user_ids, user_ids)
+        p, kp = _lookup(self.product_ids, product_ids)
+        if len(u) != len(p):
+            raise ValueError(f"{len(u)} user ids but {len(p)} product ids")
+        out = np.full(len(u), np.nan)
+        ok = ku & kp
+        out[ok] = np.einsum("ij,ij->i", self.user_vectors[u[ok]], self.item_vectors[p[ok]], dtype=np.float64)
+        return out
+
+    def recommend(self, user_id, k: int = 10, exclude=()) -> list:
+        """The ``k`` best products for a raw ``user_id`` (see the module doc for unknown users)."""
+        k = max(0, int(k))
+        u, known = _lookup(self.user_ids, [user_id])
+        pos, excluded = _lookup(self.product_ids, list(exclude))
+        skip = pos[excluded]
+        if known[0]:
+            scores = self.item_vectors @ self.user_vectors[u[0]]
+            source = "model"
+        else:
+            scores = self.popularity.astype(np.float64)
+            source = "popularity"
+        scores = scores.astype(np.float64)
+        scores[skip] = -np.inf
+        order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+        order = order[np.isfinite(scores[order])]
+        return [{"product_id": int(self.product_ids[i]), "score": float(scores[i]) if source == "model" else None,
+                 "rank": r + 1, "source": source} for r, i in enumerate(order)]

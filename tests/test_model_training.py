@@ -1,0 +1,164 @@
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.model import MFBlock, Towers, build
+from recsys.mx import context, mx
+from recsys.training import TrainConfig, fit, mse, predict
+
+nd = mx.nd
+
+
+def toy(n_users=40, n_items=30, rows=1500, seed=0, test_rows=None):
+    """Users prefer items with the same parity: learnable structure."""
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, n_users, rows).astype(np.int32)
+    item = ((rng.integers(0, n_items // 2, rows) * 2 + user % 2) % n_items).astype(np.int32)
+    label = np.where(rng.random(rows) < 0.2, 4, 1).astype(np.int8)
+    train = pd.DataFrame({"user": user, "item": item, "event_type_digit": label})
+    test_user = np.arange(n_users, dtype=np.int32)
+    test_item = ((rng.integers(0, n_items // 2, n_users) * 2 + test_user % 2) % n_items).astype(np.int32)
+    test = pd.DataFrame({"user": test_user, "item": test_item,
+                         "event_type_digit": np.full(n_users, 3, np.int8)})
+    return types.SimpleNamespace(n_users=n_users, n_items=n_items, train=train, test=test)
+
+
+def test_mfblock_shapes_and_row_sparse_gradients():
+    net = build(10, 7, 4, dropout_p=0.5, seed=0)
+    u, i = nd.array([1, 2, 2]), nd.array([0, 6, 3])
+    with mx.autograd.record():
+        out = net(u, i)
+    assert out.shape == (3,)
+    out.backward()
+    g = net.user_embeddings.weight.grad()
+    assert g.stype == "row_sparse"
+    assert sorted(g.indices.asnumpy().tolist()) == [1, 2]
+    assert net.dense_user.weight.grad().shape == (4, 4)
+    assert net.config() == {"max_users": 10, "max_items": 7, "num_emb": 4, "dropout_p": 0.5}
+
+
+def test_towers_share_parameters_and_match_the_block():
+    net = build(10, 7, 4, dropout_p=0.5, seed=0)
+    towers = Towers(net)
+    towers.hybridize()
+    u, i = nd.array([1, 2]), nd.array([3, 4])
+    direct = net(u, i).asnumpy()
+    via = towers(net.user_embeddings(u), net.item_embeddings(i)).asnumpy()
+    np.testing.assert_allclose(direct, via, rtol=1e-6)
+    assert towers.dense_user is net.dense_user
+
+
+def test_dropout_only_in_training():
+    net = build(10, 7, 8, dropout_p=0.5, seed=0)
+    u, i = nd.array([1, 2, 3]), nd.array([3, 4, 5])
+    a, b = net(u, i).asnumpy(), net(u, i).asnumpy()
+    np.testing.assert_array_equal(a, b)
+    with mx.autograd.record():
+        c = net(u, i).asnumpy()
+    assert not np.allclose(a, c)
+
+
+def test_context_selection():
+    assert context("auto") == (mx.gpu(0) if mx.context.num_gpus() else mx.cpu())
+    assert context("cpu") == mx.cpu()
+    with pytest.raises(ValueError):
+        context("tpu")
+    if mx.context.num_gpus() == 0:
+        with pytest.raises(ValueError, match="sees 0 GPU"):
+            context("gpu")
+
+
+def test_training_lowers_the_loss_and_reports_history():
+    data = toy()
+    before = build(data.n_users, data.n_items, 16, 0.0, init_magnitude=1, seed=1)
+    start = mse(before, data.train)
+    r = fit(data, progress=False, epochs=5, num_embeddings=16, dropout=0.0, init_magnitude=1, batch_size=64, seed=1)
+    losses = [h["loss"] for h in r.history]
+    assert len(r.history) == 5 and losses[-1] < losses[0]
+    assert r.last["train_mse"] < start
+    assert set(r.last) >= {"epoch", "loss", "train_mse", "test_mse", "rows_per_second"}
+    assert r.train_rows_per_second > 0
+
+
+def test_test_mse_is_computed_on_test_rows():
+    """The seed's bug: its 'test' MSE was the training MSE. Here they differ as the data do."""
+    data = toy()
+    data.test = data.test.assign(event_type_digit=np.int8(4))  # labels the model never saw
+    r = fit(data, progress=False, epochs=2, num_embeddings=8, batch_size=128, seed=3)
+    assert r.last["test_mse"] == pytest.approx(mse(r.net, data.test))
+    assert r.last["train_mse"] == pytest.approx(mse(r.net, data.train))
+    assert abs(r.last["test_mse"] - r.last["train_mse"]) > 0.5
+    pred = predict(r.net, data.test["user"].to_numpy(), data.test["item"].to_numpy())
+    assert r.last["test_mse"] == pytest.approx(float(np.mean((pred - 4.0) ** 2)), rel=1e-5)
+
+
+def test_last_partial_batch_counts_every_row_once():
+    """1000 rows in batches of 300: the epoch loss is the mean over exactly the 1000 rows
+    (no rollover, no dropped or repeated rows)."""
+    data = toy(rows=1000)
+    net = build(data.n_users, data.n_items, 8, 0.0, init_magnitude=1, seed=0)
+    expected = mse(net, data.train) / 2  # L2 loss is half the squared error
+    r = fit(data, net=net, progress=False, epochs=1, batch_size=300, lr=0.0, momentum=0.0, dropout=0.0)
+    assert r.history[0]["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["event_score", "implicit"])
+def test_row_updates_equal_mxnet_lazy_sparse_updates(objective):
+    """The kit's row-block updates give exactly MXNet's Trainer with row-sparse gradients."""
+    data = toy()
+    kw = dict(progress=False, epochs=2, num_embeddings=8, batch_size=100, seed=5, objective=objective)
+    a = fit(data, update="rows", **kw)
+    b = fit(data, update="trainer", **kw)
+    for pa, pb in zip(a.net.collect_params().values(), b.net.collect_params().values()):
+        np.testing.assert_allclose(pa.data().asnumpy(), pb.data().asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_and_dense_gradients_agree_without_momentum():
+    """Lazy (row-sparse) and dense SGD are the same update when there is no momentum or decay."""
+    data = toy()
+    cfg = dict(progress=False, epochs=2, num_embeddings=8, batch_size=64, seed=7, momentum=0.0, wd=0.0,
+               dropout=0.0, update="trainer")
+    dense_net = build(data.n_users, data.n_items, 8, 0.0, sparse_grad=False, seed=11)
+    sparse_net = build(data.n_users, data.n_items, 8, 0.0, sparse_grad=True, seed=11)
+    a = fit(data, net=dense_net, **cfg)
+    b = fit(data, net=sparse_net, **{**cfg, "update": "rows"})
+    for pa, pb in zip(a.net.collect_params().values(), b.net.collect_params().values()):
+        np.testing.assert_allclose(pa.data().asnumpy(), pb.data().asnumpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_with_momentum_sparse_and_dense_reach_comparable_loss():
+    data = toy(rows=3000)
+    cfg = dict(progress=False, epochs=4, num_embeddings=8, batch_size=64, seed=7, dropout=0.0, init_magnitude=1)
+    dense = fit(data, net=build(data.n_users, data.n_items, 8, 0.0, sparse_grad=False, init_magnitude=1, seed=2),
+                update="trainer", **cfg)
+    lazy = fit(data, **cfg)
+    assert lazy.last["train_mse"] == pytest.approx(dense.last["train_mse"], rel=0.25)
+
+
+def test_same_seed_same_metrics_on_cpu():
+    data = toy()
+    kw = dict(progress=False, epochs=2, num_embeddings=8, batch_size=64, ctx="cpu", init_magnitude=1)
+    a = fit(data, seed=3, **kw)
+    b = fit(data, seed=3, **kw)
+    c = fit(data, seed=4, **kw)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert a.last["test_mse"] == b.last["test_mse"] != c.last["test_mse"]
+    np.testing.assert_array_equal(a.net.user_embeddings.weight.data().asnumpy(),
+                                  b.net.user_embeddings.weight.data().asnumpy())
+
+
+def test_other_optimizers_work_with_row_updates():
+    data = toy()
+    r = fit(data, progress=False, epochs=3, opt="adam", lr=0.01, num_embeddings=8, batch_size=64,
+            objective="implicit", init_magnitude=1)
+    assert r.history[-1]["loss"] < r.history[0]["loss"]
+
+
+def test_bad_configuration_is_a_clear_error():
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="magic").validate()
+    with pytest.raises(ValueError, match="dropout"):
+        TrainConfig(dropout=1.0).validate()
+    assert isinstance(MFBlock(3, 3, 2), MFBlock)
