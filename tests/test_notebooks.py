@@ -59,7 +59,7 @@ def test_notebook_01_on_october_sample(tmp_path):
 def test_notebook_02_after_01_on_october_sample(tmp_path):
     run_notebook("01_explore_clean_prepare", tmp_path)
     prepared_dir = str(tmp_path / "prepared")
-    run_notebook("02_train_local", tmp_path, prepared_dir=prepared_dir, implicit_epochs=10)
+    run_notebook("02_train_local", tmp_path, prepared_dir=prepared_dir)
     m = json.loads((tmp_path / "metrics" / "02_train_local.json").read_text())
     assert set(m["event_score"]) >= {"train_mse", "test_mse", "hr_at_10", "ndcg_at_10"}
     assert set(m["implicit"]) >= {"hr_at_10", "ndcg_at_10"} and set(m["popularity"]) >= {"hr_at_10", "ndcg_at_10"}
@@ -67,6 +67,10 @@ def test_notebook_02_after_01_on_october_sample(tmp_path):
     assert 0 < m["event_score"]["test_mse"] < 10 and m["event_score"]["test_mse"] != m["event_score"]["train_mse"]
     assert m["popularity"]["hr_at_10"] == pytest.approx(0.0873, abs=1e-3)  # 77 of 882 test users
     assert m["test_users"] == 882
+    # the implicit objective ranks clearly better than popularity; the seed's objective does not
+    assert m["implicit"]["hr_at_10"] > 1.25 * m["popularity"]["hr_at_10"]
+    assert m["implicit"]["ndcg_at_10"] > m["popularity"]["ndcg_at_10"]
+    assert m["event_score"]["hr_at_10"] < m["popularity"]["hr_at_10"]
     for d in ("model", "model_implicit"):
         assert (tmp_path / d / "manifest.json").is_file()
     for fig in ("02_train_test_mse.png", "02_two_users_scatter.png", "02_ranking.png"):

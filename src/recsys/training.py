@@ -77,12 +77,20 @@ class TrainConfig:
     update: str = "rows"
     #: implicit objective: negatives drawn with probability ~ popularity**neg_power (0: uniform)
     neg_power: float = 0.0
+    #: "mean": embedding rows get the batch-mean gradient, like every other parameter (the
+    #: seed's ``trainer.step(batch_size)``); "sum": each row gets the sum of its own examples'
+    #: gradients, i.e. the step per-example SGD would take, whatever the batch size.
+    embedding_grad: str = "mean"
 
     def validate(self) -> "TrainConfig":
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.update not in ("rows", "trainer"):
             raise ValueError("update must be 'rows' or 'trainer'")
+        if self.embedding_grad not in ("mean", "sum"):
+            raise ValueError("embedding_grad must be 'mean' or 'sum'")
+        if self.embedding_grad == "sum" and self.update != "rows":
+            raise ValueError("embedding_grad='sum' needs update='rows'")
         if self.epochs < 0 or self.batch_size < 1 or self.num_embeddings < 1:
             raise ValueError("epochs >= 0, batch_size >= 1 and num_embeddings >= 1 are required")
         if not 0 <= self.dropout < 1:
@@ -289,8 +297,9 @@ class _Stepper:
                     loss = _l2(self.towers(a, b), labels_nd[s - bounds[0][0]:e - bounds[0][0]])
             loss.backward()
             self.trainer.step(n)
-            ut.update(u_rows, u_block, n)
-            it.update(i_rows, i_block, n)
+            scale = 1 if self.cfg.embedding_grad == "sum" else n
+            ut.update(u_rows, u_block, scale)
+            it.update(i_rows, i_block, scale)
             total += loss.sum()
         return float(total.asscalar())
 

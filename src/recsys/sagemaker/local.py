@@ -1,0 +1,366 @@
+"""Local emulation of a SageMaker training job and of a SageMaker endpoint.
+
+``run_training_job``: the entry point runs in a subprocess under the training contract, in an
+``/opt/ml``-shaped tree inside a work directory (``code/``, ``input/config/
+{hyperparameters,inputdataconfig,resourceconfig}.json``, ``input/data/<channel>/``, ``model/``,
+``output/``), with the ``SM_*`` environment and the hyperparameters as command-line arguments
+(sorted, values through ``str()`` of the JSON-decoded value, as the training toolkit does). The
+log streams line by line; a failure leaves ``output/failure`` and raises
+:class:`TrainingJobError` with its text; success writes ``output/success`` and packs
+``model/`` into ``output/model.tar.gz``. (The container pip-installs ``requirements.txt``
+first; locally the kit's environment already has those packages, which the log says.)
+
+``LocalEndpoint``: loads a ``model.tar.gz`` (or a model directory) with the entry point's
+handlers and serves on 127.0.0.1 only
+
+* ``GET /ping`` and ``POST /invocations``: the hosting container's contract (errors: their
+  status with a one-line text body);
+* ``POST /endpoints/<name>/invocations``: the SageMaker Runtime REST API that boto3 signs and
+  sends, so ``boto3.client("sagemaker-runtime", endpoint_url=...)`` and a SageMaker SDK
+  ``Predictor`` work unchanged. A model's 4xx reaches boto3 as ``ModelError`` (424) with
+  ``OriginalStatusCode``; an unknown endpoint name as ``ValidationError``.
+
+It serves requests concurrently (a thread per connection) and starts and stops cleanly
+(a context manager). ``recsys serve MODEL`` runs it from the command line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from .. import serving
+from .bundle import ENTRY_POINT, build_bundle
+
+ACCOUNT = "000000000000"
+REGION = "us-east-1"
+VARIANT = "AllTraffic"
+
+
+class TrainingJobError(RuntimeError):
+    """The training job failed; ``str()`` is its FailureReason."""
+
+
+class TrainingJob:
+    def __init__(self, name: str, root: Path, model_data: Path, logs: list, metrics: dict) -> None:
+        self.name = name
+        self.root = root
+        self.model_data = model_data
+        self.logs = logs
+        self.metrics = metrics
+
+    def __repr__(self) -> str:
+        return f"TrainingJob({self.name!r}, model_data={str(self.model_data)!r})"
+
+
+def _cli_args(hyperparameters: dict) -> list:
+    """The training toolkit's mapping: JSON strings -> values -> ``--key str(value)``, sorted."""
+    args = []
+    for key in sorted(hyperparameters):
+        if key.startswith("sagemaker_"):
+            continue
+        raw = hyperparameters[key]
+        try:
+            value = json.loads(raw)
+        except (TypeError, ValueError):
+            value = raw
+        args += ["--" + key, str(value)]
+    return args
+
+
+def _pack(model_dir: Path, tar_path: Path, code_dir: Path | None = None) -> Path:
+    """``model.tar.gz`` with the model files at the root (and ``code/`` when given), as SageMaker."""
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for p in sorted(model_dir.iterdir()):
+            tar.add(p, arcname=p.name)
+        if code_dir is not None:
+            tar.add(code_dir, arcname="code", filter=lambda t: None if "__pycache__" in t.name else t)
+    return tar_path
+
+
+def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir=None, job_name: str | None = None,
+                     log=print, num_gpus: int | None = None, timeout: float | None = None) -> TrainingJob:
+    """Run the entry point like a SageMaker training job; returns the job with its ``model.tar.gz``."""
+    from ..mx import num_gpus as visible_gpus
+
+    name = job_name or time.strftime("recsys-local-%Y%m%d-%H%M%S")
+    root = Path(work_dir) / name
+    if root.exists():
+        shutil.rmtree(root)
+    code = root / "code"
+    if source_dir is None:
+        build_bundle(code)
+    else:
+        shutil.copytree(source_dir, code)
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    for d in ("model", "output/data", "output/intermediate"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    hps = {k: json.dumps(v) for k, v in hyperparameters.items()}  # the SDK's encoding
+    (config / "hyperparameters.json").write_text(json.dumps(hps, sort_keys=True))
+    (config / "inputdataconfig.json").write_text(json.dumps(
+        {c: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for c in channels}))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    channel_dirs = {}
+    for channel, files in channels.items():
+        d = root / "input" / "data" / channel
+        d.mkdir(parents=True)
+        for f in files:
+            f = Path(f).resolve()
+            if not f.is_file():
+                raise FileNotFoundError(f"channel {channel!r}: no such file {f}")
+            try:
+                os.symlink(f, d / f.name)
+            except OSError:
+                shutil.copyfile(f, d / f.name)
+        channel_dirs[channel] = d
+    gpus = visible_gpus() if num_gpus is None else num_gpus
+    args = _cli_args(hps)
+    decoded = {k: json.loads(v) for k, v in hps.items()}
+    env_sm = {
+        "SM_MODEL_DIR": str(root / "model"), "SM_CHANNELS": json.dumps(sorted(channels)),
+        "SM_HPS": json.dumps(decoded, sort_keys=True, separators=(",", ":")),
+        "SM_HOSTS": json.dumps(["algo-1"]), "SM_CURRENT_HOST": "algo-1", "SM_NUM_GPUS": str(gpus),
+        "SM_NUM_CPUS": str(os.cpu_count() or 1), "SM_OUTPUT_DATA_DIR": str(root / "output" / "data"),
+        "SM_OUTPUT_DIR": str(root / "output"), "SM_INPUT_DIR": str(root / "input"),
+        "SM_INPUT_CONFIG_DIR": str(config), "SM_MODULE_NAME": Path(ENTRY_POINT).stem,
+        "SM_USER_ENTRY_POINT": ENTRY_POINT, "SM_USER_ARGS": json.dumps(args), "SM_LOG_LEVEL": "20",
+        "SM_MODULE_DIR": str(code),
+    }
+    env_sm.update({f"SM_CHANNEL_{c.upper()}": str(d) for c, d in channel_dirs.items()})
+    env_sm.update({f"SM_HP_{k.upper()}": str(v) for k, v in decoded.items()})
+    env_sm["SM_TRAINING_ENV"] = json.dumps({k: v for k, v in env_sm.items()}, sort_keys=True)
+    env = {**os.environ, **env_sm, "PYTHONPATH": str(code), "RECSYS_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
+    if (code / "requirements.txt").is_file():
+        log(f"[{name}] requirements.txt: installed by the container on AWS; the kit's environment provides it here")
+    cmd = [sys.executable, ENTRY_POINT, *args]
+    log(f"[{name}] {' '.join(cmd[1:])}")
+    logs = []
+    proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            logs.append(line)
+            log(f"[{name}] {line}")
+        rc = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    failure = root / "output" / "failure"
+    if rc != 0:
+        if not failure.exists():
+            tail = " | ".join(l for l in logs[-5:] if l.strip())
+            failure.write_text(f"AlgorithmError: exit code {rc}: {tail}"[:1024])
+        raise TrainingJobError(f"training job {name} failed: {failure.read_text()[:1024]}")
+    (root / "output" / "success").write_text("")
+    model_data = _pack(root / "model", root / "output" / "model.tar.gz")
+    metrics_file = root / "output" / "data" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return TrainingJob(name, root, model_data, logs, metrics)
+
+
+# ---- endpoint ---------------------------------------------------------------------------------
+
+def _load_handlers(code_dir: Path):
+    """The entry point module from ``code/`` (as the container imports SAGEMAKER_PROGRAM), else
+    :mod:`recsys.serving`."""
+    entry = code_dir / ENTRY_POINT
+    if not entry.is_file():
+        return serving
+    spec = importlib.util.spec_from_file_location("recsys_sagemaker_program", entry)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if hasattr(module, "transform_fn") and any(hasattr(module, f) for f in ("input_fn", "predict_fn", "output_fn")):
+        raise ValueError(f"{entry}: defines transform_fn and input_fn/predict_fn/output_fn; the container allows one kind")
+    return module
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "recsys-local-endpoint"
+
+    def log_message(self, fmt, *args):  # quiet: the endpoint counts, it does not print
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_GET(self):
+        if self.path.split("?")[0] == "/ping":
+            ok = self.server.endpoint.model is not None
+            self._send(200 if ok else 503, b"", "text/plain")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def do_POST(self):
+        path = self.path.split("?")[0]
+        body = self._body()
+        ep = self.server.endpoint
+        if path == "/invocations":
+            status, out, ctype = ep.invoke(body, self.headers.get("Content-Type"), self.headers.get("Accept"))
+            if status != 200:
+                out, ctype = (out + "\n").encode(), "text/plain"
+            self._send(status, out, ctype)
+            return
+        parts = path.strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "invocations":
+            name = parts[1]
+            if name != ep.name:
+                self._runtime_error(400, "ValidationError", {"Message": f"Endpoint {name} of account {ACCOUNT} not found."})
+                return
+            status, out, ctype = ep.invoke(body, self.headers.get("Content-Type"), self.headers.get("Accept"))
+            if status == 200:
+                self._send(200, out, ctype, {"x-Amzn-Invoked-Production-Variant": VARIANT})
+            else:
+                kind = "client" if status < 500 else "server"
+                self._runtime_error(424, "ModelError", {
+                    "Message": f'Received {kind} error ({status}) from {VARIANT} with message "{out}". '
+                               f"See the endpoint's log for more information.",
+                    "OriginalStatusCode": status, "OriginalMessage": out,
+                    "LogStreamArn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}",
+                })
+            return
+        self._send(404, b"not found\n", "text/plain")
+
+    def _runtime_error(self, status: int, code: str, payload: dict) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", {"x-amzn-ErrorType": code})
+
+
+class LocalEndpoint:
+    """A SageMaker-compatible endpoint on 127.0.0.1 for a ``model.tar.gz`` or a model directory."""
+
+    def __init__(self, model_data, name: str = "recsys-local", port: int = 0) -> None:
+        self.model_data = Path(model_data)
+        self.name = name
+        self.port = port
+        self.model = None
+        self.handlers = None
+        self._server = None
+        self._thread = None
+        self._tmp = None
+        self.requests = 0
+        self.errors = 0
+        self._lock = threading.Lock()
+
+    # lifecycle
+    def start(self) -> "LocalEndpoint":
+        if self._server is not None:
+            return self
+        model_dir = self.model_data
+        if self.model_data.is_file():
+            self._tmp = tempfile.mkdtemp(prefix="recsys-endpoint-")
+            with tarfile.open(self.model_data) as tar:
+                tar.extractall(self._tmp)
+            model_dir = Path(self._tmp)
+        elif not self.model_data.is_dir():
+            raise FileNotFoundError(f"no model at {self.model_data}")
+        self.handlers = _load_handlers(model_dir / "code")
+        self.model = self.handlers.model_fn(str(model_dir))
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self._server.daemon_threads = True
+        self._server.endpoint = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"endpoint-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=10)
+            self._server = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> "LocalEndpoint":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # the request path
+    def invoke(self, body: bytes, content_type, accept):
+        """``(status, body, content type)``; errors as ``(4xx/5xx, one-line message, None)``."""
+        with self._lock:
+            self.requests += 1
+        try:
+            out, ctype = serving.handle(self.model, body, content_type, accept, self.handlers)
+            return 200, out.encode() if isinstance(out, str) else out, ctype
+        except serving.RequestError as e:
+            status, message = e.status_code, e.message
+        except Exception as e:  # noqa: BLE001 - a 500 with a message, never a traceback
+            status, message = 500, f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        with self._lock:
+            self.errors += 1
+        return status, message, None
+
+    # clients
+    def runtime_client(self):
+        """A real boto3 ``sagemaker-runtime`` client pointed at this endpoint (dummy credentials)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("sagemaker-runtime", endpoint_url=self.url, region_name=REGION,
+                            aws_access_key_id="local", aws_secret_access_key="local",
+                            config=Config(retries={"max_attempts": 1}))
+
+    def predictor(self, serializer=None, deserializer=None):
+        """A SageMaker SDK v2 ``Predictor`` on this endpoint, JSON in and out by default."""
+        os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+        import boto3
+        import sagemaker
+        from sagemaker.deserializers import JSONDeserializer
+        from sagemaker.predictor import Predictor
+        from sagemaker.serializers import JSONSerializer
+
+        session = sagemaker.Session(
+            boto_session=boto3.Session(region_name=REGION, aws_access_key_id="local", aws_secret_access_key="local"),
+            sagemaker_runtime_client=self.runtime_client())
+        return Predictor(self.name, sagemaker_session=session, serializer=serializer or JSONSerializer(),
+                         deserializer=deserializer or JSONDeserializer())
+
+
+def deploy_local(model, name: str = "recsys-local", port: int = 0) -> LocalEndpoint:
+    """Start a :class:`LocalEndpoint` for a :class:`TrainingJob` (repacked with its code under
+    ``code/``, as the SDK's ``deploy()`` does), a ``model.tar.gz`` or a model directory."""
+    if isinstance(model, TrainingJob):
+        with tempfile.TemporaryDirectory() as tmp:
+            with tarfile.open(model.model_data) as tar:
+                tar.extractall(tmp)
+            model = package_model(tmp, model.root / "output" / "model-deploy.tar.gz", model.root / "code")
+    return LocalEndpoint(model, name=name, port=port).start()
+
+
+def package_model(model_dir, tar_path, source_dir=None) -> Path:
+    """``model.tar.gz`` of a model directory with the bundle under ``code/``, as ``deploy()`` repacks it."""
+    tar_path = Path(tar_path)
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(source_dir) if source_dir else build_bundle(Path(tmp) / "code")
+        return _pack(Path(model_dir), tar_path, code)

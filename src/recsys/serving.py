@@ -1,0 +1,264 @@
+"""SageMaker inference handlers (``model_fn``, ``input_fn``, ``predict_fn``, ``output_fn``),
+shared by the real MXNet inference container and the kit's local endpoint.
+
+Requests (raw ids, as the workshop sends them):
+
+* ``application/json``: ``{"user_id": [...], "product_id": [...]}`` (the seed's form; a single
+  user id, or a one-element list, is broadcast over the products), or a list of
+  ``[user_id, product_id]`` pairs. The seed's ``predictor.predict(json.dumps({...}))`` through
+  SDK v2's JSON serializer arrives JSON-encoded twice; that is accepted too.
+* ``application/octet-stream``: the same JSON bodies (SDK v2's default serializer sends the
+  seed's string as raw bytes).
+* ``text/csv``: rows ``user_id,product_id`` without a header (Aurora machine learning's
+  batches), ``\\n`` or ``\\r\\n``; an empty field is an unknown id.
+
+Responses, in the order of the input, in the ``Accept`` type:
+
+* ``application/json``: a JSON list of scores, ``null`` where the user or the product is unknown;
+* ``text/csv``: one line per input row, the score, or an empty field where unknown.
+
+A missing or ``*/*`` Accept answers in the request's own type (CSV for CSV). Unknown ids are
+never scored from a made-up index. Bad requests raise :class:`RequestError` with a 4xx status
+and a one-line message before anything reaches the model: empty body (400), unparseable JSON
+or CSV (400), non-integer ids (400), mismatched lengths (400), unsupported content type (415)
+or Accept (406), body over 6 MB (413). In the container :class:`RequestError` is the inference
+toolkit's ``GenericInferenceToolkitError``, so the status reaches the client.
+
+Runs on Python 3.8 (MXNet 1.9 containers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+try:  # present in the SageMaker inference containers
+    from sagemaker_inference.errors import GenericInferenceToolkitError as _ToolkitError
+except ImportError:  # pragma: no cover - the kit's own environment
+    class _ToolkitError(Exception):
+        def __init__(self, status_code, message=None, phrase=None):
+            self.status_code = status_code
+            self.message = message
+            self.phrase = phrase
+            super().__init__(status_code, message, phrase)
+
+JSON = "application/json"
+CSV = "text/csv"
+OCTET = "application/octet-stream"
+CONTENT_TYPES = (JSON, CSV, OCTET)
+ACCEPTS = (JSON, CSV)
+MAX_BODY_BYTES = 6_291_456  # the SageMaker Runtime API's limit
+
+
+class RequestError(_ToolkitError):
+    """A bad request: ``status_code`` (4xx) and a one-line ``message``."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(status_code, message, message)
+
+    def __str__(self) -> str:
+        return f"{self.status_code}: {self.message}"
+
+
+class Request:
+    """A parsed request: raw ids (int64) and which of them were given (an empty CSV field is not)."""
+
+    def __init__(self, user_ids, product_ids, present, content_type: str) -> None:
+        self.user_ids = user_ids
+        self.product_ids = product_ids
+        self.present = present
+        self.content_type = content_type
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+class Prediction:
+    def __init__(self, scores, content_type: str) -> None:
+        self.scores = scores
+        self.content_type = content_type
+
+
+def _media_type(value) -> str:
+    return (value or "").split(";")[0].strip().lower()
+
+
+# ---- model_fn --------------------------------------------------------------------------------
+
+def model_fn(model_dir):
+    """Load the model directory; return the Gluon Block (the container requires a Block) with
+    the raw-id scorer attached as ``.recommender``."""
+    from .artifacts import Recommender
+
+    rec = Recommender.load(model_dir)
+    block = rec.net
+    block.recommender = rec
+    return block
+
+
+# ---- input_fn --------------------------------------------------------------------------------
+
+def _int_id(value, what: str) -> int:
+    if isinstance(value, bool):
+        raise RequestError(400, f"{what} must be an integer id, got {json.dumps(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise RequestError(400, f"{what} must be an integer id, got {json.dumps(value)[:40]}")
+
+
+def _ids(values, what: str) -> list:
+    if not isinstance(values, list):
+        values = [values]
+    return [_int_id(v, what) for v in values]
+
+
+def _parse_json(text: str, content_type: str) -> Request:
+    try:
+        obj = json.loads(text)
+        if isinstance(obj, str):  # the seed's json.dumps(...) sent through a JSON serializer
+            obj = json.loads(obj)
+    except (ValueError, TypeError) as e:
+        raise RequestError(400, f"body is not valid JSON: {str(e).splitlines()[0]}") from None
+    if isinstance(obj, dict):
+        if "user_id" not in obj or "product_id" not in obj:
+            raise RequestError(400, 'JSON object needs "user_id" and "product_id"')
+        users, products = _ids(obj["user_id"], "user_id"), _ids(obj["product_id"], "product_id")
+        if len(users) == 1 and len(products) != 1:
+            users = users * len(products)  # one user, several products
+        if len(users) != len(products):
+            raise RequestError(400, f"{len(users)} user_id values but {len(products)} product_id values")
+    elif isinstance(obj, list):
+        users, products = [], []
+        for n, pair in enumerate(obj):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise RequestError(400, f"item {n} is not a [user_id, product_id] pair")
+            users.append(_int_id(pair[0], "user_id"))
+            products.append(_int_id(pair[1], "product_id"))
+    else:
+        raise RequestError(400, 'JSON body must be {"user_id": [...], "product_id": [...]} or [[user_id, product_id], ...]')
+    if not users:
+        raise RequestError(400, "no (user_id, product_id) pairs in the request")
+    u, p = _checked_int64(users), _checked_int64(products)
+    return Request(u, p, np.ones(len(u), bool), content_type)
+
+
+def _checked_int64(values: list) -> np.ndarray:
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        raise RequestError(400, "an id does not fit in 64 bits") from None
+
+
+def _parse_csv(text: str) -> Request:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise RequestError(400, "empty CSV body")
+    n = len(lines)
+    users = np.zeros(n, np.int64)
+    products = np.zeros(n, np.int64)
+    present = np.ones(n, bool)
+    # fast path: every row is two plain integers
+    flat = ",".join(lines).split(",")
+    if len(flat) == 2 * n:
+        try:
+            arr = np.array(flat, dtype=np.int64)
+            return Request(arr[0::2].copy(), arr[1::2].copy(), present, CSV)
+        except (ValueError, OverflowError):
+            pass
+    for i, line in enumerate(lines):
+        fields = [f.strip().strip('"').strip() for f in line.split(",")]
+        if len(fields) != 2:
+            raise RequestError(400, f"CSV row {i + 1} has {len(fields)} fields, expected user_id,product_id")
+        for col, (field, what) in enumerate(zip(fields, ("user_id", "product_id"))):
+            if field == "" or field.upper() == "NULL":
+                present[i] = False
+                continue
+            if not field.lstrip("-").isdigit():
+                raise RequestError(400, f"CSV row {i + 1}: {what} must be an integer id, got {field[:40]!r}")
+            try:
+                (users if col == 0 else products)[i] = int(field)
+            except OverflowError:
+                raise RequestError(400, f"CSV row {i + 1}: {what} does not fit in 64 bits") from None
+    return Request(users, products, present, CSV)
+
+
+def input_fn(input_data, content_type):
+    """Parse a request body (``str`` for JSON and CSV, ``bytes`` otherwise) into a :class:`Request`."""
+    ctype = _media_type(content_type) or JSON
+    if ctype not in CONTENT_TYPES:
+        raise RequestError(415, f"unsupported content type {content_type!r}; use {', '.join(CONTENT_TYPES)}")
+    if isinstance(input_data, (bytes, bytearray, memoryview)):
+        if len(input_data) > MAX_BODY_BYTES:
+            raise RequestError(413, f"body of {len(input_data)} bytes is over the {MAX_BODY_BYTES} byte limit")
+        try:
+            text = bytes(input_data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(400, "body is not UTF-8 text") from None
+    else:
+        text = str(input_data)
+        if len(text) > MAX_BODY_BYTES:
+            raise RequestError(413, f"body is over the {MAX_BODY_BYTES} byte limit")
+    if not text.strip():
+        raise RequestError(400, "empty request body")
+    if ctype == CSV:
+        return _parse_csv(text)
+    return _parse_json(text, ctype)
+
+
+# ---- predict_fn / output_fn ------------------------------------------------------------------
+
+def predict_fn(data: Request, model) -> Prediction:
+    """Scores of the request's pairs; NaN where an id is unknown or missing."""
+    rec = model.recommender if hasattr(model, "recommender") else model
+    scores = rec.score(data.user_ids, data.product_ids)
+    scores[~data.present] = np.nan
+    return Prediction(scores, data.content_type)
+
+
+def output_fn(prediction: Prediction, accept):
+    """Serialise in the Accept type; returns ``(body, content_type)``."""
+    media = _media_type(accept)
+    if media in ("", "*/*"):
+        media = CSV if prediction.content_type == CSV else JSON
+    if media not in ACCEPTS:
+        raise RequestError(406, f"unsupported Accept {accept!r}; use {' or '.join(ACCEPTS)}")
+    scores = prediction.scores
+    if media == CSV:
+        body = "\n".join("" if math.isnan(s) else repr(float(s)) for s in scores.tolist()) + "\n"
+        return body, CSV
+    return json.dumps([None if math.isnan(s) else s for s in scores.tolist()]), JSON
+
+
+def check_accept(accept) -> None:
+    """Reject an unusable Accept before the model runs (the local endpoint calls this first)."""
+    media = _media_type(accept)
+    if media not in ("", "*/*") + ACCEPTS:
+        raise RequestError(406, f"unsupported Accept {accept!r}; use {' or '.join(ACCEPTS)}")
+
+
+def handle(model, body: bytes, content_type, accept, handlers=None):
+    """The whole request path of the container, for the local endpoint: returns ``(body, type)``.
+
+    As the MXNet container does, the body reaches ``input_fn`` as ``str`` for exactly
+    ``application/json`` or ``text/csv`` and as ``bytes`` otherwise. ``handlers`` is the entry
+    point module (default: this one)."""
+    h = handlers or __import__(__name__, fromlist=["input_fn"])
+    check_accept(accept)
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(413, f"body of {len(body)} bytes is over the {MAX_BODY_BYTES} byte limit")
+    data = body
+    if _media_type(content_type) in (JSON, CSV) and (content_type or "").strip().lower() in (JSON, CSV):
+        try:
+            data = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(400, "body is not UTF-8 text") from None
+    result = h.output_fn(h.predict_fn(h.input_fn(data, content_type), model), accept)
+    return result if isinstance(result, tuple) else (result, _media_type(accept) or JSON)
