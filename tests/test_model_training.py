@@ -166,15 +166,14 @@ def test_bad_configuration_is_a_clear_error():
 
 def test_embedding_grad_sum_is_per_example_step():
     data = toy(rows=200)
-    kw = dict(progress=False, epochs=1, num_embeddings=8, batch_size=1, seed=2, dropout=0.0)
+    kw = dict(progress=False, epochs=1, num_embeddings=8, batch_size=1, seed=2, dropout=0.0, init_magnitude=1, lr=0.01)
     a = fit(data, embedding_grad="sum", **kw)
     b = fit(data, embedding_grad="mean", **kw)  # batch of one: the mean is the sum
     np.testing.assert_allclose(a.net.user_embeddings.weight.data().asnumpy(),
                                b.net.user_embeddings.weight.data().asnumpy(), rtol=1e-5, atol=1e-6)
     c = fit(data, embedding_grad="sum", **{**kw, "batch_size": 50})
     d = fit(data, embedding_grad="mean", **{**kw, "batch_size": 50})
-    moved_c = np.abs(c.net.user_embeddings.weight.data().asnumpy() - a.net.user_embeddings.weight.data().asnumpy())
-    assert not np.allclose(c.net.user_embeddings.weight.data().asnumpy(), d.net.user_embeddings.weight.data().asnumpy())
-    assert moved_c.max() > 0
+    wc, wd_ = c.net.user_embeddings.weight.data().asnumpy(), d.net.user_embeddings.weight.data().asnumpy()
+    assert np.isfinite(wc).all() and not np.allclose(wc, wd_)
     with pytest.raises(ValueError, match="embedding_grad"):
         TrainConfig(embedding_grad="sum", update="trainer").validate()
