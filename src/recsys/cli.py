@@ -60,6 +60,24 @@ def _cmd_train(args) -> dict:
     return {**metrics, "model_dir": str(args.model_dir)}
 
 
+def _cmd_serve(args) -> dict:
+    import signal
+    import threading
+
+    from .sagemaker.local import LocalEndpoint
+
+    ep = LocalEndpoint(args.model, name=args.name, port=args.port).start()
+    info = {"url": ep.url, "endpoint_name": ep.name, "invocations": f"{ep.url}/invocations",
+            "runtime_api": f"{ep.url}/endpoints/{ep.name}/invocations"}
+    print(json.dumps(info, sort_keys=True), flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    ep.stop()
+    return {"stopped": ep.name, "requests": ep.requests, "errors": ep.errors}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -101,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=d.seed)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("serve", help="serve a model.tar.gz or model directory on 127.0.0.1 (SageMaker protocols)")
+    s.add_argument("model", metavar="MODEL")
+    s.add_argument("--port", type=int, default=8080, help="0 picks a free port (default: 8080, the container's)")
+    s.add_argument("--name", default="recsys-local", help="endpoint name for the Runtime API path")
+    s.set_defaults(func=_cmd_serve)
     return p
 
 

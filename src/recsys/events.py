@@ -24,7 +24,7 @@ import gzip
 import io
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,7 @@ class ReadReport:
             "files": [dataclasses.asdict(f) for f in self.files],
         }
 
-    def summary_lines(self) -> list[str]:
+    def summary_lines(self) -> List[str]:
         """Human-readable lines, one per file with malformed rows or blank lines."""
         lines = []
         for f in self.files:
@@ -124,7 +124,7 @@ def _open_raw(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_header(path: str | os.PathLike) -> list[str]:
+def read_header(path: str | os.PathLike) -> List[str]:
     """The header fields of a (possibly gzipped) CSV; error for an empty file."""
     path = Path(path)
     with _open_raw(path) as raw:
@@ -227,11 +227,11 @@ class _Columns:
     def __init__(self, lean: bool = False) -> None:
         self.lean = lean
         per_row = ("event_time", "product_id", "user_id", "digit") + (() if lean else ("category_id", "price", *_CAT_COLUMNS))
-        self.parts: dict[str, list] = {c: [] for c in per_row}
-        self.type_counts: dict[str, int] = {}
-        self.meta: list[pd.DataFrame] = []
+        self.parts: Dict[str, list] = {c: [] for c in per_row}
+        self.type_counts: Dict[str, int] = {}
+        self.meta: List[pa.Table] = []
         self.meta_rows = 0
-        self.buys: list[pd.DataFrame] = []
+        self.buys: List[pd.DataFrame] = []
 
     def mark(self):
         return {k: len(v) for k, v in self.parts.items()}, len(self.meta), len(self.buys), dict(self.type_counts)
@@ -330,7 +330,7 @@ class _Columns:
         return pd.DataFrame(data, copy=False)
 
 
-def _line_of(good_index: int, skipped_sorted: list[int], first_data_line: int = 2) -> int:
+def _line_of(good_index: int, skipped_sorted: List[int], first_data_line: int = 2) -> int:
     """Physical line number of the ``good_index``-th (0-based) row that pyarrow yielded."""
     line = first_data_line + good_index
     for s in skipped_sorted:
@@ -381,7 +381,7 @@ def _read_pass(path: Path, header, cols: _Columns, bar, mode: str) -> FileReport
     typed = mode != "text"
     threaded = mode == "threaded"
     report = FileReport(path=str(path))
-    skipped: list[int] = []  # physical line numbers pyarrow skipped (bad field count, blank)
+    skipped: List[int] = []  # physical line numbers pyarrow skipped (bad field count, blank)
 
     def on_invalid(row) -> str:
         skipped.append(row.number)

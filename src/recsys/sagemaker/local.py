@@ -52,7 +52,8 @@ class TrainingJobError(RuntimeError):
 
 
 class TrainingJob:
-    def __init__(self, name: str, root: Path, model_data: Path, logs: list, metrics: dict) -> None:
+    def __init__(self, name: str, root: Path, model_data: Path, logs: list, metrics: dict, command: list) -> None:
+        self.command = command
         self.name = name
         self.root = root
         self.model_data = model_data
@@ -166,7 +167,7 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
     model_data = _pack(root / "model", root / "output" / "model.tar.gz")
     metrics_file = root / "output" / "data" / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return TrainingJob(name, root, model_data, logs, metrics)
+    return TrainingJob(name, root, model_data, logs, metrics, cmd[1:])
 
 
 # ---- endpoint ---------------------------------------------------------------------------------

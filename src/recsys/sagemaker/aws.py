@@ -1,0 +1,72 @@
+"""``mode="aws"``: the real SageMaker Python SDK v2 (``sagemaker<3``: v3 has no MXNet estimator).
+
+Nothing here calls AWS until a notebook cell asks for it (``fit``, ``deploy``, upload); without
+credentials those calls fail with the SDK's own error. What can be checked offline is: the
+estimator's arguments (:func:`make_estimator`) and the file bundle the container receives
+(:mod:`.bundle`), both covered by tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .bundle import ENTRY_POINT, build_bundle
+from .entry import SEED_HYPERPARAMETERS
+
+FRAMEWORK_VERSION = "1.9.0"
+PY_VERSION = "py38"
+
+
+def session(region: str | None = None, boto_session=None):
+    """A ``sagemaker.Session`` (the default AWS credential chain unless a boto3 session is given)."""
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    import boto3
+    import sagemaker
+
+    return sagemaker.Session(boto_session=boto_session or boto3.Session(region_name=region))
+
+
+def make_estimator(role: str, bundle_dir, sagemaker_session=None, instance_type: str = "ml.p3.2xlarge",
+                   instance_count: int = 1, hyperparameters: dict | None = None, output_path: str | None = None,
+                   base_job_name: str = "recsys-mf"):
+    """The seed's ``MXNet('recommender.py', ...)`` for today's container: script mode, framework
+    1.9.0 on Python 3.8, the bundle as ``source_dir`` (the container gets ``recsys`` and installs
+    ``requirements.txt``), the seed's hyperparameters unless overridden."""
+    from sagemaker.mxnet import MXNet
+
+    bundle_dir = Path(bundle_dir)
+    if not (bundle_dir / ENTRY_POINT).is_file():
+        build_bundle(bundle_dir)
+    hp = dict(SEED_HYPERPARAMETERS)
+    hp.update(hyperparameters or {})
+    return MXNet(entry_point=ENTRY_POINT, source_dir=str(bundle_dir), framework_version=FRAMEWORK_VERSION,
+                 py_version=PY_VERSION, role=role, instance_count=instance_count, instance_type=instance_type,
+                 hyperparameters=hp, output_path=output_path, sagemaker_session=sagemaker_session,
+                 base_job_name=base_job_name)
+
+
+def upload_training_data(sagemaker_session, files, bucket: str, prefix: str) -> str:
+    """Upload the raw CSVs to ``s3://bucket/prefix/train/`` and return that URI (the seed
+    concatenated them into one file first; the entry point reads several)."""
+    for f in files:
+        sagemaker_session.upload_data(str(f), bucket=bucket, key_prefix=f"{prefix}/train")
+    return f"s3://{bucket}/{prefix}/train/"
+
+
+def deploy(estimator, instance_type: str = "ml.m4.xlarge", endpoint_name: str | None = None):
+    """``estimator.deploy(...)`` with JSON in and out (SDK v2; the seed's ``serializer = None``
+    no longer works)."""
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.serializers import JSONSerializer
+
+    return estimator.deploy(initial_instance_count=1, instance_type=instance_type, endpoint_name=endpoint_name,
+                            serializer=JSONSerializer(), deserializer=JSONDeserializer())
+
+
+def cleanup(predictor) -> None:
+    """Delete the endpoint, its configuration and the model (they cost money while they exist)."""
+    try:
+        predictor.delete_model()
+    finally:
+        predictor.delete_endpoint(delete_endpoint_config=True)

@@ -1,0 +1,214 @@
+"""SageMaker, offline: training job contract, local endpoint with real boto3 and SDK clients,
+the container bundle (Python 3.8 check, clean import) and the AWS estimator's arguments."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import OCT
+from recsys.artifacts import Recommender
+from recsys.sagemaker.bundle import ENTRY_POINT, REQUIREMENTS, build_bundle, bundle_files
+from recsys.sagemaker.local import LocalEndpoint, TrainingJobError, _cli_args, deploy_local, run_training_job
+
+HP = {"epochs": 2, "num_embeddings": 16, "opt": "sgd", "lr": 0.02, "momentum": 0.9, "wd": 0.0}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    return run_training_job(HP, {"train": [OCT]}, tmp_path_factory.mktemp("jobs"), job_name="test-job", log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def endpoint(job):
+    with deploy_local(job, name="recsys-test") as ep:
+        yield ep
+
+
+@pytest.fixture(scope="module")
+def pairs(job):
+    rec = Recommender.load(job.root / "model")
+    users = rec.user_ids[:5].tolist()
+    products = rec.product_ids[:5].tolist()
+    return rec, users, products
+
+
+def test_training_job_tree_contract_and_artifact(job):
+    root = job.root
+    hps = json.loads((root / "input/config/hyperparameters.json").read_text())
+    assert hps == {k: json.dumps(v) for k, v in HP.items()}
+    assert (root / "input/data/train" / OCT.name).exists()
+    assert (root / "output/success").exists() and not (root / "output/failure").exists()
+    assert job.command == ["recommender.py", "--epochs", "2", "--lr", "0.02", "--momentum", "0.9",
+                           "--num_embeddings", "16", "--opt", "sgd", "--wd", "0.0"]
+    assert any("prepared:" in line for line in job.logs)
+    with tarfile.open(job.model_data) as tar:
+        names = sorted(tar.getnames())
+    assert names == sorted(["config.json", "item_popularity.npy", "manifest.json", "model.params",
+                            "product_ids.npy", "user_ids.npy"])
+    assert job.metrics["rows_malformed"] == 1 and job.metrics["users_kept"] == 882
+
+
+def test_cli_args_follow_the_training_toolkit():
+    hps = {"b": json.dumps(True), "a": json.dumps([1, 2]), "opt": json.dumps("sgd"), "sagemaker_program": json.dumps("x")}
+    assert _cli_args(hps) == ["--a", "[1, 2]", "--b", "True", "--opt", "sgd"]
+
+
+def test_failing_job_leaves_failure_and_raises(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(TrainingJobError, match="empty file") as e:
+        run_training_job(HP, {"train": [empty]}, tmp_path, job_name="bad", log=lambda _: None)
+    failure = (tmp_path / "bad/output/failure").read_text()
+    assert "EventsFormatError" in failure and len(failure) <= 1024
+    assert str(e.value).startswith("training job bad failed")
+
+
+def test_entry_point_accepts_json_encoded_values():
+    from recsys.sagemaker.entry import parse_args
+
+    args, unknown = parse_args(["--opt", '"adam"', "--lr", "0.5", "--epochs", "3", "--mystery", "1"])
+    assert (args.opt, args.lr, args.epochs) == ("adam", 0.5, 3) and unknown == ["--mystery", "1"]
+
+
+def test_ping_and_invocations(endpoint, pairs):
+    rec, users, products = pairs
+    assert requests.get(endpoint.url + "/ping", timeout=5).status_code == 200
+    body = "\n".join(f"{u},{p}" for u, p in zip(users, products))
+    r = requests.post(endpoint.url + "/invocations", data=body, headers={"Content-Type": "text/csv", "Accept": "text/csv"}, timeout=5)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/csv"
+    np.testing.assert_allclose([float(x) for x in r.text.split()], rec.score(users, products), rtol=1e-6)
+    r = requests.post(endpoint.url + "/invocations", data="oops", headers={"Content-Type": "text/csv"}, timeout=5)
+    assert r.status_code == 400 and r.text.count("\n") == 1 and "Traceback" not in r.text
+
+
+def test_boto3_invoke_endpoint_equals_in_process_scores(endpoint, pairs):
+    rec, users, products = pairs
+    client = endpoint.runtime_client()
+    r = client.invoke_endpoint(EndpointName="recsys-test", ContentType="application/json", Accept="application/json",
+                               Body=json.dumps({"user_id": users, "product_id": products}))
+    assert r["ContentType"] == "application/json" and r["InvokedProductionVariant"] == "AllTraffic"
+    np.testing.assert_allclose(json.loads(r["Body"].read()), rec.score(users, products), rtol=1e-6)
+    r = client.invoke_endpoint(EndpointName="recsys-test", ContentType="text/csv", Accept="text/csv",
+                               Body=f"{users[0]},{products[0]}\n1,2\n")
+    lines = r["Body"].read().decode().split("\n")
+    assert float(lines[0]) == pytest.approx(rec.score([users[0]], [products[0]])[0], rel=1e-6) and lines[1] == ""
+
+
+def test_sdk_predictor_with_the_seeds_call(endpoint, pairs):
+    rec, users, products = pairs
+    predictor = endpoint.predictor()
+    got = predictor.predict({"user_id": [users[0]], "product_id": products})
+    np.testing.assert_allclose(got, rec.score([users[0]] * len(products), products), rtol=1e-6)
+    seed_style = predictor.predict(json.dumps({"user_id": [users[0]], "product_id": [44600062, 1307067]}))
+    assert len(seed_style) == 2  # the seed's json.dumps body, double-encoded by SDK v2: still understood
+
+
+@pytest.mark.parametrize("body, ctype, accept, status", [
+    (b"", "text/csv", "text/csv", 400), (b"{", "application/json", "application/json", 400),
+    (b"1,a\n", "text/csv", "text/csv", 400), (b'{"user_id": [1, 2], "product_id": [3]}', "application/json", None, 400),
+    (b"1,2", "text/plain", "text/csv", 415), (b"1,2", "text/csv", "application/xml", 406),
+])
+def test_model_errors_reach_boto3_as_model_error(endpoint, body, ctype, accept, status):
+    client = endpoint.runtime_client()
+    kwargs = {"Accept": accept} if accept else {}
+    with pytest.raises(client.exceptions.ModelError) as e:
+        client.invoke_endpoint(EndpointName="recsys-test", ContentType=ctype, Body=body, **kwargs)
+    assert e.value.response["OriginalStatusCode"] == status
+    assert f"({status})" in e.value.response["Error"]["Message"]
+
+
+def test_oversized_body_is_413(endpoint):
+    big = b"1,2\n" * (6_291_456 // 4 + 10)
+    r = requests.post(endpoint.url + "/invocations", data=big, headers={"Content-Type": "text/csv"}, timeout=30)
+    assert r.status_code == 413
+
+
+def test_unknown_endpoint_name_is_validation_error(endpoint):
+    client = endpoint.runtime_client()
+    with pytest.raises(client.exceptions.ValidationError, match="Endpoint nope of account"):
+        client.invoke_endpoint(EndpointName="nope", ContentType="text/csv", Body=b"1,2")
+
+
+def test_concurrent_requests(endpoint, pairs):
+    rec, users, products = pairs
+    body = f"{users[1]},{products[2]}\n"
+    expected = rec.score([users[1]], [products[2]])[0]
+
+    def call(_):
+        r = requests.post(endpoint.url + "/invocations", data=body, headers={"Content-Type": "text/csv"}, timeout=10)
+        return float(r.text)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(call, range(64)))
+    assert got == pytest.approx([expected] * 64, rel=1e-6)
+
+
+def test_endpoint_stops_cleanly(job):
+    ep = LocalEndpoint(job.model_data, name="short").start()
+    url = ep.url
+    assert requests.get(url + "/ping", timeout=5).status_code == 200
+    ep.stop()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/ping", timeout=2)
+
+
+def test_bundle_files_requirements_and_python38(tmp_path):
+    d = build_bundle(tmp_path / "bundle")
+    files = bundle_files(d)
+    assert ENTRY_POINT in files and "requirements.txt" in files and "recsys/serving.py" in files
+    assert "recsys/runner.py" not in files and "recsys/cli.py" not in files  # only what the entry point needs
+    assert (d / "requirements.txt").read_text().split() == list(REQUIREMENTS)
+    vermin = Path(sys.executable).parent / "vermin"
+    r = subprocess.run([str(vermin), "-t=3.8-", "--violations", "--no-tips", "--eval-annotations", str(d)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_entry_point_imports_from_the_bundle_alone(tmp_path):
+    d = build_bundle(tmp_path / "bundle")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import recommender, recsys; "
+            "assert recsys.__file__.startswith(sys.argv[1]), recsys.__file__; "
+            "print(all(callable(getattr(recommender, f)) for f in ('model_fn', 'input_fn', 'predict_fn', 'output_fn', 'main')))")
+    r = subprocess.run([sys.executable, "-c", code, str(d)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True"
+
+
+def test_aws_estimator_arguments_offline(tmp_path):
+    import boto3
+    import sagemaker
+
+    from recsys.sagemaker.aws import make_estimator
+
+    session = sagemaker.Session(boto_session=boto3.Session(region_name="us-east-1", aws_access_key_id="x",
+                                                           aws_secret_access_key="x"))
+    est = make_estimator("arn:aws:iam::000000000000:role/lab", tmp_path / "bundle", sagemaker_session=session,
+                         output_path="s3://bucket/prefix/output")
+    assert est.framework_version == "1.9.0" and est.py_version == "py38"
+    assert est.entry_point == "recommender.py" and Path(est.source_dir) == tmp_path / "bundle"
+    assert est.instance_type == "ml.p3.2xlarge" and est.instance_count == 1
+    hp = est.hyperparameters()
+    assert {k: json.loads(v) for k, v in hp.items() if not k.startswith("sagemaker_")} == {
+        "num_embeddings": 64, "opt": "sgd", "lr": 0.02, "momentum": 0.9, "wd": 0.0, "epochs": 10}
+    assert (tmp_path / "bundle" / "recommender.py").is_file()
+
+
+def test_serve_cli_starts_and_stops(job, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "recsys.cli", "serve", str(job.model_data), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert requests.get(info["url"] + "/ping", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and json.loads(out.strip().splitlines()[-1])["stopped"] == "recsys-local"
