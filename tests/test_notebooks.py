@@ -75,3 +75,17 @@ def test_notebook_02_after_01_on_october_sample(tmp_path):
         assert (tmp_path / d / "manifest.json").is_file()
     for fig in ("02_train_test_mse.png", "02_two_users_scatter.png", "02_ranking.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 5_000
+
+
+@pytest.mark.notebook
+def test_notebook_03_local_mode(tmp_path):
+    run_notebook("01_explore_clean_prepare", tmp_path)
+    run_notebook("03_sagemaker_train_deploy", tmp_path, epochs=2, latency_requests=50)
+    m = json.loads((tmp_path / "metrics" / "03_sagemaker_train_deploy.json").read_text())
+    assert m["mode"] == "local" and m["training"]["rows_malformed"] == 1
+    pred = m["predictions"]
+    assert len(pred["json"]) == 2 and pred["csv"] == pytest.approx(pred["json"], rel=1e-6)
+    assert pred["unknown_json"][1] is None and pred["unknown_csv"] == ["", ""]
+    lat = m["latency_ms"]
+    assert 0 < lat["single_pair_p50_ms"] <= lat["single_pair_p95_ms"] and lat["batch_1000_p50_ms"] > 0
+    assert (tmp_path / "sagemaker" / "jobs" / "recsys-lab-training" / "output" / "model.tar.gz").is_file()

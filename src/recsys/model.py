@@ -58,8 +58,8 @@ class MFBlock(gluon.HybridBlock):
             self.item_embeddings = nn.Embedding(self.max_items, self.num_emb, sparse_grad=sparse_grad)
             self.dropout_user = nn.Dropout(self.dropout_p)
             self.dropout_item = nn.Dropout(self.dropout_p)
-            self.dense_user = nn.Dense(self.num_emb, activation="relu", flatten=False)
-            self.dense_item = nn.Dense(self.num_emb, activation="relu", flatten=False)
+            self.dense_user = nn.Dense(self.num_emb, activation="relu", flatten=False, in_units=self.num_emb)
+            self.dense_item = nn.Dense(self.num_emb, activation="relu", flatten=False, in_units=self.num_emb)
 
     def hybrid_forward(self, F, users, items):
         a = self.dense_user(self.user_embeddings(users))

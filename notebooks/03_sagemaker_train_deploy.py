@@ -1,0 +1,219 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (recsys lab)
+#     language: python
+#     name: recsys-lab
+# ---
+
+# %% [markdown]
+# # 03 · Train and deploy the SageMaker way
+#
+# The seed lab's "Train with SageMaker" and "Endpoint" steps: the training code as a script for
+# the built-in MXNet container, a training job on the raw CSVs, `deploy(...)`, then
+# `predictor.predict(...)` with raw ids, and the CSV calls that Aurora MySQL will make in the
+# next notebook.
+#
+# The same cells run two ways:
+#
+# * `mode="local"` (default, offline, no AWS account): the entry point runs as a training job in
+#   a subprocess under the SageMaker training contract, and the model is served by a local
+#   endpoint that speaks the hosting protocol and the SageMaker Runtime API; the **real** `boto3`
+#   client and SageMaker SDK `Predictor` call it.
+# * `mode="aws"`: the real `sagemaker.mxnet.MXNet` estimator (framework 1.9.0, Python 3.8), a real
+#   training job and endpoint. It costs money: run the clean-up cell at the end.
+#
+# What changed from the seed: script mode instead of the framework-1.1 `train(...)` interface;
+# the container gets the kit's code and a `requirements.txt` instead of `pip install` at run time;
+# unknown ids get `null` instead of a score computed from NaN; CSV in and out for Aurora; SDK v2
+# serializers instead of `predictor.serializer = None`.
+
+# %% tags=["parameters"]
+mode = "local"  # "local" or "aws"
+input_files = ["data/sample/rees46_2019-Oct_head_0000-0250UTC.csv.gz"]
+epochs = 10
+num_embeddings = 64
+opt = "sgd"
+lr = 0.02
+momentum = 0.9
+wd = 0.0
+endpoint_name = "recsys-lab"
+latency_requests = 200
+output_dir = "outputs"
+# mode="aws" only
+role = None  # default: sagemaker.get_execution_role() on a notebook instance
+bucket = None  # default: the session's default bucket
+prefix = "sagemaker/DEMO-gluon-recsys"
+region = None
+train_instance_type = "ml.p3.2xlarge"
+deploy_instance_type = "ml.m4.xlarge"
+
+# %%
+import time
+
+import numpy as np
+import pandas as pd
+
+from recsys import paths
+from recsys.report import write_metrics
+from recsys.sagemaker.bundle import build_bundle, bundle_files
+
+if mode not in ("local", "aws"):
+    raise ValueError(f"mode must be 'local' or 'aws', not {mode!r}")
+root = paths.project_root()
+out = paths.resolve(output_dir, root)
+files = [paths.resolve(f, root) for f in input_files]
+hyperparameters = {"num_embeddings": num_embeddings, "opt": opt, "lr": lr, "momentum": momentum, "wd": wd,
+                   "epochs": epochs}
+bundle = build_bundle(out / "sagemaker" / "bundle")
+print("the container receives:", bundle_files(bundle))
+
+# %% [markdown]
+# ## 1. Train
+
+# %%
+if mode == "local":
+    from recsys.sagemaker.local import run_training_job
+
+    job = run_training_job(hyperparameters, {"train": files}, out / "sagemaker" / "jobs", source_dir=bundle,
+                           job_name="recsys-lab-training")
+    model_data = job.model_data
+    training_metrics = job.metrics
+else:
+    from recsys.sagemaker import aws
+
+    sm_session = aws.session(region)
+    if role is None:
+        import sagemaker
+
+        role = sagemaker.get_execution_role()
+    bucket = bucket or sm_session.default_bucket()
+    train_uri = aws.upload_training_data(sm_session, files, bucket, prefix)
+    estimator = aws.make_estimator(role, bundle, sagemaker_session=sm_session, instance_type=train_instance_type,
+                                   hyperparameters=hyperparameters, output_path=f"s3://{bucket}/{prefix}/output")
+    estimator.fit({"train": train_uri})
+    model_data = estimator.model_data
+    training_metrics = {}
+print("model artifact:", paths.display(model_data, root) if mode == "local" else model_data)
+pd.Series(training_metrics, dtype=object)
+
+# %% [markdown]
+# ## 2. Deploy
+#
+# Note the endpoint name: notebook 04 calls it from SQL.
+
+# %%
+if mode == "local":
+    from recsys.sagemaker.local import deploy_local
+
+    endpoint = deploy_local(job, name=endpoint_name)
+    predictor = endpoint.predictor()
+    runtime = endpoint.runtime_client()
+else:
+    import boto3
+
+    predictor = aws.deploy(estimator, instance_type=deploy_instance_type, endpoint_name=endpoint_name)
+    runtime = boto3.client("sagemaker-runtime", region_name=sm_session.boto_region_name)
+print("endpoint:", predictor.endpoint_name)
+
+# %% [markdown]
+# ## 3. Predict with raw ids, the seed's way
+#
+# The seed asks for the user at dense index 6 and the products 44600062 and 1307067; where those
+# did not survive the filter on this data, two products of the model's catalogue are used.
+
+# %%
+from recsys.artifacts import Recommender
+
+if mode == "local":
+    known = Recommender.load(job.root / "model")
+    user_ids, product_ids = known.user_ids, known.product_ids
+else:  # the ids the model knows: from the prepared data of notebook 01
+    from recsys.prepare import Prepared
+
+    prep = Prepared.load(out / "prepared")
+    user_ids, product_ids = prep.users["user_id"].to_numpy(), prep.products["product_id"].to_numpy()
+seed_products = [44600062, 1307067]
+user = int(user_ids[6 if len(user_ids) > 6 else 0])
+products = seed_products if np.isin(seed_products, product_ids).all() else [int(p) for p in product_ids[:2]]
+json_scores = predictor.predict({"user_id": [user], "product_id": products})
+print(f"user {user}, products {products}: {json_scores}")
+
+# %% [markdown]
+# Aurora machine learning sends `text/csv` rows `user_id,product_id` and reads one value per row:
+
+# %%
+csv_body = "\n".join(f"{user},{p}" for p in products) + "\n"
+response = runtime.invoke_endpoint(EndpointName=predictor.endpoint_name, ContentType="text/csv", Accept="text/csv",
+                                   Body=csv_body)
+csv_scores = response["Body"].read().decode()
+print(csv_scores)
+assert np.allclose([float(x) for x in csv_scores.split()], json_scores, rtol=1e-6)
+
+# %% [markdown]
+# Unknown ids get a defined answer, never a made-up score: `null` in JSON, an empty field in CSV.
+
+# %%
+unknown = predictor.predict({"user_id": [user, 1], "product_id": [products[0], products[0]]})
+unknown_csv = runtime.invoke_endpoint(EndpointName=predictor.endpoint_name, ContentType="text/csv",
+                                      Accept="text/csv", Body=f"1,{products[0]}\n{user},2\n")["Body"].read().decode()
+print("JSON:", unknown, " CSV:", unknown_csv.split("\n"))
+try:
+    runtime.invoke_endpoint(EndpointName=predictor.endpoint_name, ContentType="text/csv", Body="not,an,id\n")
+except runtime.exceptions.ModelError as e:
+    print("bad request ->", e.response["OriginalStatusCode"], e.response["Error"]["Message"][:90])
+
+# %% [markdown]
+# ## 4. Latency, through the real boto3 client
+
+# %%
+rng = np.random.default_rng(0)
+single = []
+for u, p in zip(rng.choice(user_ids, latency_requests), rng.choice(product_ids, latency_requests)):
+    t0 = time.perf_counter()
+    runtime.invoke_endpoint(EndpointName=predictor.endpoint_name, ContentType="text/csv", Accept="text/csv",
+                            Body=f"{u},{p}")["Body"].read()
+    single.append((time.perf_counter() - t0) * 1000)
+batch_body = "\n".join(f"{u},{p}" for u, p in zip(rng.choice(user_ids, 1000), rng.choice(product_ids, 1000)))
+batch = []
+for _ in range(20):
+    t0 = time.perf_counter()
+    runtime.invoke_endpoint(EndpointName=predictor.endpoint_name, ContentType="text/csv", Accept="text/csv",
+                            Body=batch_body)["Body"].read()
+    batch.append((time.perf_counter() - t0) * 1000)
+latency = {"single_pair_p50_ms": float(np.percentile(single, 50)), "single_pair_p95_ms": float(np.percentile(single, 95)),
+           "batch_1000_p50_ms": float(np.percentile(batch, 50)), "batch_1000_p95_ms": float(np.percentile(batch, 95))}
+pd.Series(latency).round(2)
+
+# %% [markdown]
+# ## 5. Record, then clean up
+
+# %%
+metrics = {
+    "mode": mode,
+    "endpoint_name": predictor.endpoint_name,
+    "hyperparameters": hyperparameters,
+    "training": training_metrics,
+    "predictions": {"user_id": user, "product_id": products, "json": json_scores,
+                    "csv": [float(x) for x in csv_scores.split()], "unknown_json": unknown,
+                    "unknown_csv": unknown_csv.split("\n")[:2]},
+    "latency_ms": latency,
+}
+path = write_metrics("03_sagemaker_train_deploy", metrics, out)
+print("saved", paths.display(path, root))
+
+# %%
+if mode == "local":
+    endpoint.stop()
+else:
+    aws.cleanup(predictor)  # deletes the endpoint, its configuration and the model
+print("endpoint deleted")
