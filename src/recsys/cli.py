@@ -78,6 +78,15 @@ def _cmd_serve(args) -> dict:
     return {"stopped": ep.name, "requests": ep.requests, "errors": ep.errors}
 
 
+def _cmd_sql_score(args) -> dict:
+    from . import sql
+
+    eng = sql.engine(args.db)
+    report = sql.score_table(eng, sql.invoker(args.endpoint, args.region), source=args.source, target=args.target,
+                             max_batch_size=args.max_batch_size, progress=not args.quiet)
+    return report.as_dict()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,17 +134,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080, help="0 picks a free port (default: 8080, the container's)")
     s.add_argument("--name", default="recsys-local", help="endpoint name for the Runtime API path")
     s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("sql-score", help="CREATE TABLE predict SELECT *, recommend_score(...) FROM inputs, Aurora-style")
+    s.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///outputs/recsys.sqlite or mysql+pymysql://...")
+    s.add_argument("--endpoint", required=True, help="http://host:port of a local endpoint, or a SageMaker endpoint name")
+    s.add_argument("--source", default="inputs")
+    s.add_argument("--target", default="predict")
+    s.add_argument("--max-batch-size", type=int, default=10_000, help="rows per request (Aurora's default 10,000)")
+    s.add_argument("--region", default=None, help="AWS region for an endpoint name")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_sql_score)
     return p
 
 
 def main(argv=None) -> int:
     from .events import EventsFormatError
     from .prepare import EmptyDatasetError
+    from .sql import ScoringError
 
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (EventsFormatError, EmptyDatasetError, FileNotFoundError, ValueError) as e:
+    except (EventsFormatError, EmptyDatasetError, FileNotFoundError, ValueError, ScoringError) as e:
         print(f"recsys {args.command}: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, sort_keys=True))

@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -194,6 +195,18 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet: the endpoint counts, it does not print
         pass
 
+    def setup(self):
+        super().setup()
+        with self.server.endpoint._lock:
+            self.server.endpoint._connections.add(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with self.server.endpoint._lock:
+                self.server.endpoint._connections.discard(self.connection)
+
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -263,6 +276,7 @@ class LocalEndpoint:
         self.requests = 0
         self.errors = 0
         self._lock = threading.Lock()
+        self._connections = set()  # open keep-alive connections, closed by stop()
 
     # lifecycle
     def start(self) -> "LocalEndpoint":
@@ -290,6 +304,13 @@ class LocalEndpoint:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            with self._lock:
+                open_connections = list(self._connections)
+            for conn in open_connections:  # keep-alive clients must see the endpoint go away
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self._thread.join(timeout=10)
             self._server = None
         if self._tmp:

@@ -1,0 +1,364 @@
+"""The workshop's SQL step on any SQLAlchemy URL: SQLite (embedded, the default), MariaDB/MySQL,
+or Aurora MySQL.
+
+* Tables: ``products`` and ``users`` (the workshop's columns, from the prepared data; the
+  19-digit ``category_id`` stays an exact ``BIGINT``), the one-row ``input`` sample and
+  ``inputs`` (users x products, limited).
+* Scoring with Aurora machine learning's semantics (:func:`score_table`): what ``CREATE TABLE
+  predict SELECT *, recommend_score(user_id, product_id) FROM inputs`` does on Aurora. The source
+  rows are read in order, sent to the endpoint as CSV batches of at most ``max_batch_size``
+  rows, and written to a staging table that replaces ``predict`` only when every row has its
+  answer, so a failure leaves ``predict`` as it was and nothing half-written. Unknown ids are
+  stored as NULL (the endpoint's empty CSV field). Values always travel as bound parameters;
+  table names are checked identifiers.
+* Top-N per user from ``predict`` with ``ROW_NUMBER()`` (SQLite >= 3.25, MariaDB 10.2+, MySQL 8).
+* The Aurora ``CREATE FUNCTION ... ALIAS aws_sagemaker_invoke_endpoint`` text for a real endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker's rule
+DEFAULT_MAX_BATCH_SIZE = 10_000  # Aurora's default MAX_BATCH_SIZE
+SCORE_COLUMN = "recommend_score"
+
+
+class ScoringError(RuntimeError):
+    """Scoring stopped; the target table is as it was before the run."""
+
+
+def check_identifier(name: str) -> str:
+    if not isinstance(name, str) or not IDENT.match(name):
+        raise ValueError(f"not a valid table name: {name!r} (letters, digits and _ only)")
+    return name
+
+
+def default_url(output_dir="outputs") -> str:
+    from .paths import resolve
+
+    path = resolve(Path(output_dir) / "recsys.sqlite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def engine(url: str | None = None, output_dir="outputs") -> sa.Engine:
+    return sa.create_engine(url or default_url(output_dir), pool_pre_ping=True, future=True)
+
+
+def _metadata() -> sa.MetaData:
+    md = sa.MetaData()
+    sa.Table("products", md,
+             sa.Column("product_id", sa.BigInteger, primary_key=True, autoincrement=False),
+             sa.Column("category_id", sa.BigInteger),  # 19 digits: exact as BIGINT (the workshop used VARCHAR(30))
+             sa.Column("category_code", sa.String(100)),  # the workshop's VARCHAR(30) truncates real codes
+             sa.Column("brand", sa.String(100)),
+             sa.Column("price", sa.Float(precision=53)),
+             sa.Column("product_name", sa.String(255)))
+    sa.Table("users", md,
+             sa.Column("user_id", sa.BigInteger, primary_key=True, autoincrement=False),
+             sa.Column("sum_purchase", sa.Float(precision=53)))
+    sa.Table("input", md,
+             sa.Column("user_id", sa.String(20), primary_key=True),
+             sa.Column("product_id", sa.String(20)))
+    sa.Table("inputs", md,
+             sa.Column("user_id", sa.BigInteger, primary_key=True, autoincrement=False),
+             sa.Column("product_id", sa.BigInteger, primary_key=True, autoincrement=False))
+    return md
+
+
+def product_name(brand, category_code, product_id) -> str:
+    """REES46 has no product names: ``"<brand> <last part of the category code>"``."""
+    leaf = category_code.rsplit(".", 1)[-1] if category_code else "product"
+    return f"{brand} {leaf}" if brand else f"{leaf} {product_id}"
+
+
+def _rows(df, columns) -> list:
+    out = []
+    for rec in df[list(columns)].itertuples(index=False, name=None):
+        out.append({c: (None if v is None or (isinstance(v, float) and np.isnan(v)) else
+                        (v.item() if hasattr(v, "item") else v)) for c, v in zip(columns, rec)})
+    return out
+
+
+def _insert(conn, table: sa.Table, rows: list, chunk: int = 5000) -> None:
+    for s in range(0, len(rows), chunk):
+        conn.execute(table.insert(), rows[s:s + chunk])
+
+
+def create_tables(eng: sa.Engine, prepared, sample_input=(512505687, 44600062)) -> dict:
+    """(Re)create and load ``products``, ``users`` and the one-row ``input`` sample table."""
+    md = _metadata()
+    products = prepared.products.copy()
+    products["product_name"] = [product_name(b, c, p) for b, c, p in
+                                zip(products["brand"], products["category_code"], products["product_id"])]
+    with eng.begin() as conn:
+        for name in ("products", "users", "input"):
+            md.tables[name].drop(conn, checkfirst=True)
+            md.tables[name].create(conn)
+        _insert(conn, md.tables["products"],
+                _rows(products, ["product_id", "category_id", "category_code", "brand", "price", "product_name"]))
+        _insert(conn, md.tables["users"], _rows(prepared.users, ["user_id", "sum_purchase"]))
+        conn.execute(md.tables["input"].insert(), [{"user_id": str(sample_input[0]), "product_id": str(sample_input[1])}])
+    return {"products": len(products), "users": len(prepared.users), "input": 1}
+
+
+def create_inputs(eng: sa.Engine, limit: int = 100_000) -> int:
+    """``inputs``: the workshop's ``users CROSS JOIN products LIMIT n``, made deterministic (the
+    first users by id, each with every product by id) and bounded (only as many users as the
+    limit needs are joined)."""
+    limit = int(limit)
+    if limit < 1:
+        raise ValueError("limit must be >= 1")
+    md = _metadata()
+    inputs = md.tables["inputs"]
+    with eng.begin() as conn:
+        n_products = conn.execute(sa.text("SELECT COUNT(*) FROM products")).scalar_one()
+        if n_products == 0:
+            raise ValueError("products is empty: load the tables first")
+        n_users = -(-limit // n_products)
+        inputs.drop(conn, checkfirst=True)
+        inputs.create(conn)
+        conn.execute(sa.text(
+            "INSERT INTO inputs (user_id, product_id) "
+            "SELECT u.user_id, p.product_id FROM (SELECT user_id FROM users ORDER BY user_id LIMIT :n_users) u "
+            "CROSS JOIN products p ORDER BY u.user_id, p.product_id LIMIT :limit"),
+            {"n_users": n_users, "limit": limit})
+        return conn.execute(sa.text("SELECT COUNT(*) FROM inputs")).scalar_one()
+
+
+# ---- the endpoint side ------------------------------------------------------------------------
+
+class HttpInvoker:
+    """POST CSV to a hosting-contract URL (``http://host:port``, ``/invocations`` is appended)."""
+
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        import requests
+
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/invocations"):
+            self.url += "/invocations"
+        self.session = requests.Session()
+        self.timeout = timeout
+
+    def __call__(self, body: str) -> str:
+        import requests
+
+        try:
+            r = self.session.post(self.url, data=body.encode(), timeout=self.timeout,
+                                  headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+        except requests.RequestException as e:
+            raise ScoringError(f"endpoint {self.url} unreachable: {type(e).__name__}") from None
+        if r.status_code != 200:
+            raise ScoringError(f"endpoint {self.url} answered {r.status_code}: {r.text.strip()[:200]}")
+        return r.text
+
+
+class RuntimeInvoker:
+    """Call an endpoint through the SageMaker Runtime API with a boto3 ``sagemaker-runtime`` client."""
+
+    def __init__(self, client, endpoint_name: str) -> None:
+        self.client = client
+        self.endpoint_name = endpoint_name
+
+    def __call__(self, body: str) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            r = self.client.invoke_endpoint(EndpointName=self.endpoint_name, ContentType="text/csv",
+                                            Accept="text/csv", Body=body.encode())
+        except ClientError as e:
+            raise ScoringError(f"endpoint {self.endpoint_name}: {e.response['Error'].get('Message', e)}") from None
+        except BotoCoreError as e:
+            raise ScoringError(f"endpoint {self.endpoint_name} unreachable: {e}") from None
+        return r["Body"].read().decode()
+
+
+def invoker(endpoint: str, region: str | None = None):
+    """``http(s)://...`` -> :class:`HttpInvoker`; a plain name -> the real SageMaker Runtime API."""
+    if endpoint.startswith(("http://", "https://")):
+        return HttpInvoker(endpoint)
+    if not ENDPOINT_NAME.match(endpoint):
+        raise ValueError(f"not an endpoint URL or SageMaker endpoint name: {endpoint!r}")
+    import boto3
+
+    return RuntimeInvoker(boto3.client("sagemaker-runtime", region_name=region), endpoint)
+
+
+def parse_scores(text: str, expected: int) -> list:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != expected:
+        raise ScoringError(f"endpoint answered {len(lines)} rows for {expected} sent")
+    try:
+        return [None if line.strip() == "" else float(line.split(",")[0]) for line in lines]
+    except ValueError:
+        raise ScoringError(f"endpoint answered something that is not a score: {text[:80]!r}") from None
+
+
+@dataclass
+class ScoreReport:
+    source: str
+    target: str
+    inputs_rows: int = 0
+    predict_rows: int = 0
+    requests_sent: int = 0
+    unknown_pairs: int = 0
+    seconds: float = 0.0
+    batch_sizes: list = field(default_factory=list)
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.predict_rows / self.seconds if self.seconds > 0 else float("nan")
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "target": self.target, "inputs_rows": self.inputs_rows,
+                "predict_rows": self.predict_rows, "requests_sent": self.requests_sent,
+                "unknown_pairs": self.unknown_pairs, "seconds": self.seconds,
+                "pairs_per_second": self.pairs_per_second, "max_batch": max(self.batch_sizes or [0])}
+
+
+def _swap(conn, staging: str, target: str) -> None:
+    """Replace ``target`` by ``staging`` in one step."""
+    insp = sa.inspect(conn)
+    exists = insp.has_table(target)
+    q = conn.dialect.identifier_preparer.quote
+    if conn.dialect.name in ("mysql", "mariadb"):
+        if exists:
+            old = f"{target}__old"
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {q(old)}"))
+            conn.execute(sa.text(f"RENAME TABLE {q(target)} TO {q(old)}, {q(staging)} TO {q(target)}"))
+            conn.execute(sa.text(f"DROP TABLE {q(old)}"))
+        else:
+            conn.execute(sa.text(f"RENAME TABLE {q(staging)} TO {q(target)}"))
+    else:  # SQLite: DDL is transactional
+        if exists:
+            conn.execute(sa.text(f"DROP TABLE {q(target)}"))
+        conn.execute(sa.text(f"ALTER TABLE {q(staging)} RENAME TO {q(target)}"))
+
+
+def score_table(eng: sa.Engine, call, source: str = "inputs", target: str = "predict",
+                max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, progress: bool = True) -> ScoreReport:
+    """``CREATE TABLE <target> SELECT *, recommend_score(user_id, product_id) FROM <source>``,
+    Aurora-style: CSV batches through ``call(csv_text) -> csv_text``; atomic replacement."""
+    from .progress import progress_bar
+
+    check_identifier(source)
+    check_identifier(target)
+    if max_batch_size < 1:
+        raise ValueError("max_batch_size must be >= 1")
+    staging = check_identifier(f"{target}__staging")
+    report = ScoreReport(source=source, target=target)
+    src = sa.Table(source, sa.MetaData(), autoload_with=eng)
+    names = [c.name for c in src.columns]
+    for needed in ("user_id", "product_id"):
+        if needed not in names:
+            raise ValueError(f"table {source} has no {needed} column")
+    if SCORE_COLUMN in names:
+        raise ValueError(f"table {source} already has a {SCORE_COLUMN} column")
+    stage = sa.Table(staging, sa.MetaData(), *[sa.Column(c.name, c.type) for c in src.columns],
+                     sa.Column(SCORE_COLUMN, sa.Float(precision=53), nullable=True))
+    order = [src.c[c.name] for c in src.primary_key.columns] or [src.c[n] for n in names]
+    t0 = time.perf_counter()
+    with eng.connect() as conn:
+        report.inputs_rows = conn.execute(sa.select(sa.func.count()).select_from(src)).scalar_one()
+    stage.drop(eng, checkfirst=True)
+    stage.create(eng)
+    try:
+        # MySQL cannot run an INSERT while an unbuffered SELECT streams on the same connection, so
+        # it reads on one and writes on another; SQLite would make the writer wait on the reader's
+        # lock, so there one connection does both (one transaction, cursor left open).
+        shared = eng.dialect.name == "sqlite"
+        with eng.begin() as write, (contextlib.nullcontext(write) if shared else eng.connect()) as read, \
+                progress_bar(total=report.inputs_rows, unit="pair", desc=f"score {source}", enabled=progress) as bar:
+            result = read.execution_options(stream_results=True, yield_per=max_batch_size).execute(
+                sa.select(src).order_by(*order))
+            try:
+                for part in result.partitions(max_batch_size):
+                    rows = [dict(r._mapping) for r in part]
+                    body = "".join(f"{'' if r['user_id'] is None else r['user_id']},"
+                                   f"{'' if r['product_id'] is None else r['product_id']}\n" for r in rows)
+                    scores = parse_scores(call(body), len(rows))
+                    report.requests_sent += 1
+                    report.batch_sizes.append(len(rows))
+                    for r, s in zip(rows, scores):
+                        r[SCORE_COLUMN] = s
+                    report.unknown_pairs += sum(s is None for s in scores)
+                    write.execute(stage.insert(), rows)
+                    report.predict_rows += len(rows)
+                    bar.update(len(rows))
+            finally:
+                result.close()  # an open cursor would keep SQLite's table lock
+        if report.predict_rows != report.inputs_rows:
+            raise ScoringError(f"{report.predict_rows} rows scored but {source} has {report.inputs_rows}")
+        with eng.begin() as conn:
+            _swap(conn, staging, target)
+    except BaseException as e:
+        stage.drop(eng, checkfirst=True)
+        if isinstance(e, ScoringError):
+            raise ScoringError(f"scoring {source} into {target} failed, {target} is unchanged: {e}") from None
+        raise
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def score_query(eng: sa.Engine, call, source: str = "input") -> list:
+    """``SELECT *, recommend_score(user_id, product_id) FROM <source>`` as a list of dicts."""
+    check_identifier(source)
+    with eng.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {source}"))]
+    if not rows:
+        return []
+    scores = parse_scores(call("".join(f"{r['user_id']},{r['product_id']}\n" for r in rows)), len(rows))
+    for r, s in zip(rows, scores):
+        r[SCORE_COLUMN] = s
+    return rows
+
+
+def top_n(eng: sa.Engine, n: int = 5, target: str = "predict", users=None) -> list:
+    """The ``n`` best-scored products per user from ``target``, with product metadata."""
+    check_identifier(target)
+    where = ""
+    params = {"n": int(n)}
+    if users is not None:
+        users = [int(u) for u in users]
+        where = " AND p.user_id IN (" + ", ".join(f":u{i}" for i in range(len(users))) + ")"
+        params.update({f"u{i}": u for i, u in enumerate(users)})
+    query = (
+        "SELECT t.user_id, t.product_id, t.recommend_score, t.rnk, pr.category_code, pr.brand, pr.price "
+        "FROM (SELECT p.user_id, p.product_id, p.recommend_score, "
+        "ROW_NUMBER() OVER (PARTITION BY p.user_id ORDER BY p.recommend_score DESC, p.product_id) AS rnk "
+        f"FROM {target} p WHERE p.recommend_score IS NOT NULL{where}) t "
+        "LEFT JOIN products pr ON pr.product_id = t.product_id "
+        "WHERE t.rnk <= :n ORDER BY t.user_id, t.rnk")
+    with eng.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text(query), params)]
+
+
+def aurora_function_sql(endpoint_name: str, function: str = "recommend_score", max_batch_size: int | None = None) -> str:
+    """The Aurora MySQL statement that aliases ``function`` to a SageMaker endpoint."""
+    check_identifier(function)
+    if not ENDPOINT_NAME.match(endpoint_name or ""):
+        raise ValueError(f"not a SageMaker endpoint name: {endpoint_name!r}")
+    batch = f" MAX_BATCH_SIZE {int(max_batch_size)}" if max_batch_size else ""
+    return (f"CREATE FUNCTION {function}(user_id BIGINT, product_id BIGINT) RETURNS DOUBLE "
+            f"ALIAS aws_sagemaker_invoke_endpoint ENDPOINT NAME '{endpoint_name}'{batch}")
+
+
+def aurora_create_function(eng: sa.Engine, endpoint_name: str, function: str = "recommend_score",
+                           max_batch_size: int | None = None) -> str:
+    """Create the function on a real Aurora MySQL (``mode="aws"`` only)."""
+    statement = aurora_function_sql(endpoint_name, function, max_batch_size)
+    with eng.begin() as conn:
+        conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {function}"))
+        conn.execute(sa.text(statement))
+    return statement

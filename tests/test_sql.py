@@ -1,0 +1,198 @@
+"""recsys.sql against SQLite and the MariaDB server (127.0.0.1:3306). The MariaDB tests fail,
+never skip, when the server cannot be reached: CI must run them."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from conftest import OCT
+from recsys import sql
+from recsys.artifacts import Recommender
+from recsys.prepare import prepare_files
+from recsys.sagemaker.local import LocalEndpoint
+from recsys.training import fit
+
+MARIADB = os.environ.get("RECSYS_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    p = prepare_files([OCT], progress=False)
+    # a brand and a code with quotes, commas and SQL in them must round-trip
+    p.products.loc[0, "brand"] = "O'Reilly, \"Ltd\"; DROP TABLE users; --"
+    p.products.loc[1, "category_code"] = "a,b'c\"d"
+    return p
+
+
+@pytest.fixture(scope="module")
+def model_dir(prepared, tmp_path_factory):
+    from recsys.artifacts import save_model
+
+    r = fit(prepared, progress=False, epochs=1)
+    d = tmp_path_factory.mktemp("model")
+    save_model(d, r.net, prepared)
+    return d
+
+
+@pytest.fixture(scope="module")
+def endpoint(model_dir):
+    with LocalEndpoint(model_dir, name="sql-test") as ep:
+        yield ep
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mariadb"])
+def eng(request, tmp_path_factory):
+    if request.param == "sqlite":
+        e = sql.engine(f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.sqlite'}")
+        yield e
+        e.dispose()
+        return
+    name = f"recsys_test_{uuid.uuid4().hex[:8]}"
+    server = sa.create_engine(MARIADB)
+    with server.begin() as conn:  # fails (not skips) when MariaDB is down
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    e = sql.engine(f"{MARIADB}/{name}")
+    yield e
+    e.dispose()
+    with server.begin() as conn:
+        conn.execute(sa.text(f"DROP DATABASE {name}"))
+    server.dispose()
+
+
+@pytest.fixture(scope="module")
+def loaded(eng, prepared):
+    counts = sql.create_tables(eng, prepared)
+    n = sql.create_inputs(eng, 5000)
+    return counts, n
+
+
+def test_tables_are_loaded_exactly(eng, prepared, loaded):
+    counts, n = loaded
+    assert counts == {"products": prepared.n_items, "users": prepared.n_users, "input": 1} and n == 5000
+    with eng.connect() as conn:
+        got = pd.read_sql(sa.text("SELECT * FROM products ORDER BY product_id"), conn)
+        users = pd.read_sql(sa.text("SELECT * FROM users ORDER BY user_id"), conn)
+    assert got["category_id"].tolist() == prepared.products["category_id"].tolist()  # 19 digits, exact
+    assert got["brand"].iloc[0] == "O'Reilly, \"Ltd\"; DROP TABLE users; --"
+    assert got["category_code"].iloc[1] == "a,b'c\"d"
+    assert len(users) == prepared.n_users
+    np.testing.assert_allclose(got["price"], prepared.products["price"], rtol=1e-12)
+
+
+def test_inputs_is_a_deterministic_bounded_cross_join(eng, prepared, loaded):
+    with eng.connect() as conn:
+        rows = conn.execute(sa.text("SELECT user_id, product_id FROM inputs ORDER BY user_id, product_id")).all()
+    users = sorted(prepared.users["user_id"])[: -(-5000 // prepared.n_items)]
+    expected = sorted((u, p) for u in users for p in prepared.products["product_id"])[:5000]
+    assert [tuple(r) for r in rows] == expected
+
+
+def test_score_table_equals_the_endpoint_and_keeps_unknowns(eng, endpoint, model_dir, loaded):
+    with eng.begin() as conn:  # unknown ids must be stored as NULL, not dropped
+        conn.execute(sa.text("INSERT INTO inputs (user_id, product_id) VALUES (1, 2), (:u, 3)"),
+                     {"u": int(Recommender.load(model_dir).user_ids[0])})
+    call = sql.RuntimeInvoker(endpoint.runtime_client(), endpoint.name)
+    report = sql.score_table(eng, call, max_batch_size=700, progress=False)
+    assert report.predict_rows == report.inputs_rows == 5002
+    assert report.requests_sent == -(-5002 // 700) and max(report.batch_sizes) <= 700
+    assert report.unknown_pairs == 2
+    with eng.connect() as conn:
+        df = pd.read_sql(sa.text("SELECT user_id, product_id, recommend_score FROM predict"), conn)
+    rec = Recommender.load(model_dir)
+    expected = rec.score(df["user_id"], df["product_id"])
+    np.testing.assert_allclose(df["recommend_score"].to_numpy(float), expected, rtol=1e-6, equal_nan=True)
+    assert df["recommend_score"].isna().sum() == 2
+
+
+def test_failure_midway_leaves_predict_unchanged(eng, endpoint, loaded):
+    good = sql.RuntimeInvoker(endpoint.runtime_client(), endpoint.name)
+    sql.score_table(eng, good, progress=False)
+    with eng.connect() as conn:
+        before = pd.read_sql(sa.text("SELECT * FROM predict ORDER BY user_id, product_id"), conn)
+    calls = {"n": 0}
+
+    def dies_on_third(body):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise sql.ScoringError("endpoint went away")
+        return good(body)
+
+    with pytest.raises(sql.ScoringError, match="predict is unchanged: endpoint went away"):
+        sql.score_table(eng, dies_on_third, max_batch_size=500, progress=False)
+    with eng.connect() as conn:
+        after = pd.read_sql(sa.text("SELECT * FROM predict ORDER BY user_id, product_id"), conn)
+        tables = set(sa.inspect(conn).get_table_names())
+    pd.testing.assert_frame_equal(before, after)
+    assert "predict__staging" not in tables
+
+
+def test_endpoint_stopping_midway_is_a_clear_error(eng, model_dir, loaded):
+    ep = LocalEndpoint(model_dir, name="dies").start()
+    inner = sql.HttpInvoker(ep.url)
+    calls = {"n": 0}
+
+    def stop_after_one(body):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            ep.stop()
+        return inner(body)
+
+    with pytest.raises(sql.ScoringError, match="unreachable"):
+        sql.score_table(eng, stop_after_one, target="predict_other", max_batch_size=1000, progress=False)
+    with eng.connect() as conn:
+        assert not {"predict_other", "predict_other__staging"} & set(sa.inspect(conn).get_table_names())
+
+
+def test_top_n_per_user_with_window_function(eng, endpoint, loaded):
+    sql.score_table(eng, sql.HttpInvoker(endpoint.url), progress=False)
+    top = sql.top_n(eng, 3)
+    with eng.connect() as conn:
+        df = pd.read_sql(sa.text("SELECT * FROM predict WHERE recommend_score IS NOT NULL"), conn)
+    expected = (df.sort_values(["user_id", "recommend_score", "product_id"], ascending=[True, False, True])
+                .groupby("user_id").head(3))
+    assert [(t["user_id"], t["product_id"]) for t in top] == list(zip(expected["user_id"], expected["product_id"]))
+    assert [t["rnk"] for t in top[:3]] == [1, 2, 3]
+    some = sql.top_n(eng, 2, users=[top[0]["user_id"]])
+    assert len(some) == 2 and some[0] == top[0]
+
+
+def test_input_sample_query(eng, endpoint, loaded):
+    rows = sql.score_query(eng, sql.HttpInvoker(endpoint.url), "input")
+    assert rows == [{"user_id": "512505687", "product_id": "44600062", "recommend_score": None}]
+
+
+def test_identifiers_and_aurora_text():
+    with pytest.raises(ValueError):
+        sql.check_identifier("predict; DROP TABLE users")
+    assert sql.aurora_function_sql("recsys-lab", max_batch_size=1000) == (
+        "CREATE FUNCTION recommend_score(user_id BIGINT, product_id BIGINT) RETURNS DOUBLE "
+        "ALIAS aws_sagemaker_invoke_endpoint ENDPOINT NAME 'recsys-lab' MAX_BATCH_SIZE 1000")
+    with pytest.raises(ValueError):
+        sql.aurora_function_sql("x'; DROP TABLE users; --")
+
+
+def test_sql_score_cli(eng, endpoint, loaded):
+    r = subprocess.run([sys.executable, "-m", "recsys.cli", "sql-score", "--db", eng.url.render_as_string(hide_password=False),
+                        "--endpoint", endpoint.url, "--target", "predict_cli", "--max-batch-size", "2000", "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["predict_rows"] == out["inputs_rows"] and out["requests_sent"] >= 3
+
+
+def test_sql_score_cli_with_dead_endpoint_exits_2(tmp_path):
+    db = f"sqlite:///{tmp_path / 'x.sqlite'}"
+    e = sql.engine(db)
+    with e.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE inputs (user_id BIGINT, product_id BIGINT)"))
+        conn.execute(sa.text("INSERT INTO inputs VALUES (1, 2)"))
+    r = subprocess.run([sys.executable, "-m", "recsys.cli", "sql-score", "--db", db, "--endpoint", "http://127.0.0.1:9",
+                        "-q"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unreachable" in r.stderr and "Traceback" not in r.stderr
