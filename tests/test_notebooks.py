@@ -89,3 +89,34 @@ def test_notebook_03_local_mode(tmp_path):
     lat = m["latency_ms"]
     assert 0 < lat["single_pair_p50_ms"] <= lat["single_pair_p95_ms"] and lat["batch_1000_p50_ms"] > 0
     assert (tmp_path / "sagemaker" / "jobs" / "recsys-lab-training" / "output" / "model.tar.gz").is_file()
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("database", ["sqlite", "mariadb"])
+def test_notebook_04_after_01_and_02(tmp_path, database):
+    import uuid
+
+    import sqlalchemy as sa
+
+    run_notebook("01_explore_clean_prepare", tmp_path)
+    run_notebook("02_train_local", tmp_path, prepared_dir=str(tmp_path / "prepared"), implicit_epochs=1)
+    params = {"prepared_dir": str(tmp_path / "prepared"), "model": str(tmp_path / "model"), "progress": False}
+    server = None
+    if database == "mariadb":  # fails, never skips, when the server is down
+        name = f"recsys_nb_{uuid.uuid4().hex[:8]}"
+        server = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306")
+        with server.begin() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+        params["db_url"] = f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+    try:
+        run_notebook("04_sql_scoring", tmp_path, **params)
+    finally:
+        if server is not None:
+            with server.begin() as conn:
+                conn.execute(sa.text(f"DROP DATABASE {name}"))
+    m = json.loads((tmp_path / "metrics" / "04_sql_scoring.json").read_text())
+    assert m["database"] == ("sqlite" if database == "sqlite" else "mysql")
+    assert m["inputs_rows"] == m["predict_rows"] == 100_000
+    assert m["requests_sent"] == 10 and m["unknown_pairs"] == 0 and m["pairs_per_second"] > 1_000
+    assert len(m["top_n_first_user"]) == 5
+    assert (tmp_path / "figures" / "04_score_distribution.png").is_file()
