@@ -1,6 +1,7 @@
 """Notebooks: pairs in sync, and each notebook run end to end with papermill on the sample."""
 
 import json
+import os
 
 import jupytext
 import nbformat
@@ -104,10 +105,11 @@ def test_notebook_04_after_01_and_02(tmp_path, database):
     server = None
     if database == "mariadb":  # fails, never skips, when the server is down
         name = f"recsys_nb_{uuid.uuid4().hex[:8]}"
-        server = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306")
+        base = os.environ.get("RECSYS_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+        server = sa.create_engine(base)
         with server.begin() as conn:
             conn.execute(sa.text(f"CREATE DATABASE {name}"))
-        params["db_url"] = f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+        params["db_url"] = f"{base}/{name}"
     try:
         run_notebook("04_sql_scoring", tmp_path, **params)
     finally:
