@@ -26,6 +26,7 @@ It serves requests concurrently (a thread per connection) and starts and stops c
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -52,17 +53,16 @@ class TrainingJobError(RuntimeError):
     """The training job failed; ``str()`` is its FailureReason."""
 
 
+@dataclasses.dataclass
 class TrainingJob:
-    def __init__(self, name: str, root: Path, model_data: Path, logs: list, metrics: dict, command: list) -> None:
-        self.command = command
-        self.name = name
-        self.root = root
-        self.model_data = model_data
-        self.logs = logs
-        self.metrics = metrics
+    """A finished local training job: its ``/opt/ml``-shaped ``root`` and ``model.tar.gz``."""
 
-    def __repr__(self) -> str:
-        return f"TrainingJob({self.name!r}, model_data={str(self.model_data)!r})"
+    name: str
+    root: Path
+    model_data: Path
+    logs: list
+    metrics: dict
+    command: list
 
 
 def _cli_args(hyperparameters: dict) -> list:
@@ -168,7 +168,7 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
     model_data = _pack(root / "model", root / "output" / "model.tar.gz")
     metrics_file = root / "output" / "data" / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return TrainingJob(name, root, model_data, logs, metrics, cmd[1:])
+    return TrainingJob(name=name, root=root, model_data=model_data, logs=logs, metrics=metrics, command=cmd[1:])
 
 
 # ---- endpoint ---------------------------------------------------------------------------------
