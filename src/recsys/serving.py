@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 
@@ -250,7 +251,7 @@ def handle(model, body: bytes, content_type, accept, handlers=None):
     As the MXNet container does, the body reaches ``input_fn`` as ``str`` for exactly
     ``application/json`` or ``text/csv`` and as ``bytes`` otherwise. ``handlers`` is the entry
     point module (default: this one)."""
-    h = handlers or __import__(__name__, fromlist=["input_fn"])
+    h = handlers or sys.modules[__name__]
     check_accept(accept)
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(413, f"body of {len(body)} bytes is over the {MAX_BODY_BYTES} byte limit")
