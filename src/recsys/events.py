@@ -354,20 +354,19 @@ class _Retry(Exception):
     """This pass cannot finish the file faithfully: re-read it with the next, slower pass."""
 
 
-#: Passes over a file, fastest first. "threaded": pyarrow converts the values itself on all
-#: cores, but its invalid-row handler gets no line numbers then, so any malformed row sends
-#: the file to "typed" (same, one thread, line numbers known); a value that does not convert
-#: (letters in an id, a malformed time) sends it to "text", which validates every value.
-_PASSES = ("threaded", "typed", "text")
-
-
-def _read_one(path: Path, cols: _Columns, bar, first_pass: str = "threaded") -> FileReport:
+def _read_one(path: Path, cols: _Columns, bar) -> FileReport:
     """Read one file into ``cols``, retrying with a slower pass when the fast one cannot
-    report malformed rows faithfully (clean files, the usual case, are read once)."""
+    report malformed rows faithfully (clean files, the usual case, are read once).
+
+    Passes, fastest first: "threaded" (pyarrow converts the values itself on all cores, but
+    its invalid-row handler gets no line numbers then, so any malformed row sends the file to)
+    "typed" (the same on one thread, line numbers known); a value that does not convert
+    (letters in an id, a malformed time) sends the file to "text", which validates every value.
+    """
     header = read_header(path)
     check_header(path, header)
     mark, shown = cols.mark(), bar.n
-    mode = first_pass
+    mode = "threaded"
     while True:
         try:
             return _read_pass(path, header, cols, bar, mode)

@@ -35,6 +35,7 @@ from .constants import (
     USER,
     USER_ID,
 )
+from .events import Catalogue, read_events
 
 SUMMARY_KEYS = (
     "rows_read",
@@ -158,8 +159,6 @@ def prepare(
     Hash-based counting (``pd.factorize``) and boolean masks keep it linear in the rows; the
     time sort is skipped when the rows already are in time order (the Kaggle files are).
     """
-    from .events import Catalogue
-
     if min_user_events < 1 or min_product_events < 1:
         raise ValueError("min_user_events and min_product_events must be >= 1")
     if len(events) == 0:
@@ -279,8 +278,6 @@ def prepare_files(
     progress: bool = True,
 ) -> Prepared:
     """Read (lean: 25 bytes per row), prepare and (when ``out_dir`` is given) save, in one call."""
-    from .events import read_events
-
     events, report, catalogue = read_events(paths, progress=progress, lean=True)
     prepared = prepare(events, min_user_events, min_product_events, read_report=report, catalogue=catalogue)
     if out_dir is not None:
