@@ -75,8 +75,6 @@ class TrainConfig:
     ctx: str = "auto"
     seed: int = DEFAULT_SEED
     update: str = "rows"
-    #: implicit objective: negatives drawn with probability ~ popularity**neg_power (0: uniform)
-    neg_power: float = 0.0
     #: "mean": embedding rows get the batch-mean gradient, like every other parameter (the
     #: seed's ``trainer.step(batch_size)``); "sum": each row gets the sum of its own examples'
     #: gradients, i.e. the step per-example SGD would take, whatever the batch size.
@@ -130,8 +128,9 @@ class _RowTable:
         block.attach_grad()
         return block
 
-    def update(self, rows_nd, block, batch_size: int) -> None:
-        self.optimizer.rescale_grad = 1.0 / batch_size
+    def update(self, rows_nd, block, grad_scale: int) -> None:
+        """Apply the optimizer to the rows' block with gradient ``block.grad / grad_scale``."""
+        self.optimizer.rescale_grad = 1.0 / grad_scale
         state = _take_state(self.state, rows_nd)
         self.optimizer.update(self.index, block, block.grad, state)
         _scatter(self.weight, rows_nd, block)
@@ -198,8 +197,7 @@ def fit(prepared, progress: bool = True, net: MFBlock | None = None, **overrides
         pairs = np.unique(users.astype(np.int64) * prepared.n_items + items)
         users, items = (pairs // prepared.n_items).astype(np.int32), (pairs % prepared.n_items).astype(np.int32)
         labels = np.ones(len(users), np.float32)
-    step = _Stepper(net, cfg, ctx, prepared.n_items, rng,
-                    item_counts=np.bincount(train[ITEM].to_numpy(), minlength=prepared.n_items) + 1)
+    step = _Stepper(net, cfg, ctx, prepared.n_items, rng)
     history, seconds_total, rows_total = [], 0.0, 0
     n = len(users)
     for epoch in range(cfg.epochs):
@@ -236,12 +234,8 @@ def fit(prepared, progress: bool = True, net: MFBlock | None = None, **overrides
 class _Stepper:
     """One optimisation step on a batch, for the configured objective and update mode."""
 
-    def __init__(self, net: MFBlock, cfg: TrainConfig, ctx, n_items: int, rng, item_counts=None) -> None:
+    def __init__(self, net: MFBlock, cfg: TrainConfig, ctx, n_items: int, rng) -> None:
         self.net, self.cfg, self.ctx, self.n_items, self.rng = net, cfg, ctx, n_items, rng
-        self.neg_cdf = None
-        if cfg.neg_power and item_counts is not None:
-            w = np.asarray(item_counts, np.float64) ** cfg.neg_power
-            self.neg_cdf = np.cumsum(w) / w.sum()
         params = cfg.optimizer_params()
         if cfg.update == "rows":
             self.towers = Towers(net)
@@ -253,9 +247,8 @@ class _Stepper:
             self.trainer = gluon.Trainer(net.collect_params(), cfg.opt, dict(params), kvstore=None)
 
     def sample_negatives(self, n: int) -> np.ndarray:
-        if self.neg_cdf is None:
-            return self.rng.integers(0, self.n_items, n)
-        return np.minimum(np.searchsorted(self.neg_cdf, self.rng.random(n), side="right"), self.n_items - 1)
+        """Uniformly sampled negative items (BPR)."""
+        return self.rng.integers(0, self.n_items, n)
 
     def chunk(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray) -> float:
         """Run the consecutive batches of these rows; return the summed loss."""
@@ -294,7 +287,7 @@ class _Stepper:
                     loss = _bpr(self.towers(a, nd.slice_axis(b, axis=0, begin=0, end=n)),
                                 self.towers(a, nd.slice_axis(b, axis=0, begin=n, end=2 * n)))
                 else:
-                    loss = _l2(self.towers(a, b), labels_nd[s - bounds[0][0]:e - bounds[0][0]])
+                    loss = _l2(self.towers(a, b), labels_nd[s:e])
             loss.backward()
             self.trainer.step(n)
             scale = 1 if self.cfg.embedding_grad == "sum" else n
