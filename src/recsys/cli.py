@@ -35,28 +35,12 @@ def _cmd_prepare(args) -> dict:
 
 
 def _cmd_train(args) -> dict:
-    import dataclasses
-
-    from .artifacts import save_model
-    from .metrics import evaluate_model
     from .prepare import Prepared
-    from .training import fit
+    from .training import HYPERPARAMETERS, train_and_save
 
     prepared = Prepared.load(args.prepared_dir)
-    params = {k: getattr(args, k) for k in ("epochs", "num_embeddings", "batch_size", "opt", "lr", "momentum", "wd",
-                                            "dropout", "init_magnitude", "objective", "ctx", "seed")}
-    result = fit(prepared, progress=not args.quiet, **params)
-    ranking = evaluate_model(result.net, prepared)
-    metrics = {
-        "epochs": result.config.epochs,
-        "objective": result.config.objective,
-        "train_mse": result.last.get("train_mse"),
-        "test_mse": result.last.get("test_mse"),
-        "hr_at_10": ranking["hr_at_10"],
-        "ndcg_at_10": ranking["ndcg_at_10"],
-        "train_rows_per_second": result.train_rows_per_second,
-    }
-    save_model(args.model_dir, result.net, prepared, dataclasses.asdict(result.config), metrics)
+    _, metrics = train_and_save(prepared, args.model_dir, progress=not args.quiet, ctx=args.ctx,
+                                **{k: getattr(args, k) for k in HYPERPARAMETERS})
     return {**metrics, "model_dir": str(args.model_dir)}
 
 
@@ -124,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dropout", type=float, default=d.dropout)
     s.add_argument("--init-magnitude", type=float, default=d.init_magnitude)
     s.add_argument("--objective", choices=("event_score", "implicit"), default=d.objective)
+    s.add_argument("--embedding-grad", choices=("mean", "sum"), default=d.embedding_grad,
+                   help="embedding rows step on the batch-mean gradient (the seed's) or per example")
     s.add_argument("--ctx", default=d.ctx, help="auto (GPU if MXNet sees one), cpu, gpu, gpu:N")
     s.add_argument("--seed", type=int, default=d.seed)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -102,6 +102,11 @@ class TrainConfig:
         return params
 
 
+#: The hyperparameters the command line and the SageMaker entry point pass to :func:`fit`.
+HYPERPARAMETERS = ("epochs", "num_embeddings", "batch_size", "opt", "lr", "momentum", "wd", "dropout",
+                   "init_magnitude", "objective", "embedding_grad", "seed")
+
+
 @dataclasses.dataclass
 class FitResult:
     net: MFBlock
@@ -318,3 +323,28 @@ def _l2(pred, label):
 def _bpr(pos, neg):
     """-log sigmoid(pos - neg) = softplus(neg - pos), per row."""
     return nd.Activation(neg - pos, act_type="softrelu")
+
+
+def train_and_save(prepared, model_dir, progress: bool = True, extra_metrics: dict | None = None, **hyperparameters):
+    """Fit, rank the full catalogue, and save the model directory with its metrics.
+
+    Returns ``(result, metrics)``; ``metrics`` holds the last epoch's MSEs, HR@10, NDCG@10 and the
+    training rate, plus ``extra_metrics``. Shared by ``recsys train`` and the SageMaker entry point.
+    """
+    from .artifacts import save_model
+    from .metrics import evaluate_model
+
+    result = fit(prepared, progress=progress, **hyperparameters)
+    ranking = evaluate_model(result.net, prepared)
+    metrics = {
+        "epochs": result.config.epochs,
+        "objective": result.config.objective,
+        "train_mse": result.last.get("train_mse"),
+        "test_mse": result.last.get("test_mse"),
+        "hr_at_10": ranking["hr_at_10"],
+        "ndcg_at_10": ranking["ndcg_at_10"],
+        "train_rows_per_second": result.train_rows_per_second,
+        **(extra_metrics or {}),
+    }
+    save_model(model_dir, result.net, prepared, dataclasses.asdict(result.config), metrics)
+    return result, metrics

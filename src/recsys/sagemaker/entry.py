@@ -18,7 +18,6 @@ Runs on Python 3.8 (MXNet 1.9 containers): checked by a test with vermin.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -52,18 +51,15 @@ def _value(kind):
 
 
 def parse_args(argv=None):
-    from ..training import TrainConfig
+    from ..constants import DEFAULT_MIN_PRODUCT_EVENTS, DEFAULT_MIN_USER_EVENTS
+    from ..training import HYPERPARAMETERS, TrainConfig
 
     d = TrainConfig()
+    defaults = {name: getattr(d, name) for name in HYPERPARAMETERS}
+    defaults.update(min_user_events=DEFAULT_MIN_USER_EVENTS, min_product_events=DEFAULT_MIN_PRODUCT_EVENTS)
     p = argparse.ArgumentParser(description="recsys SageMaker training entry point")
-    for name, kind, default in (
-        ("epochs", int, d.epochs), ("num_embeddings", int, d.num_embeddings), ("batch_size", int, d.batch_size),
-        ("opt", str, d.opt), ("lr", float, d.lr), ("momentum", float, d.momentum), ("wd", float, d.wd),
-        ("dropout", float, d.dropout), ("init_magnitude", float, d.init_magnitude), ("objective", str, d.objective),
-        ("embedding_grad", str, d.embedding_grad), ("seed", int, d.seed),
-        ("min_user_events", int, 5), ("min_product_events", int, 5),
-    ):
-        p.add_argument("--" + name, type=_value(kind), default=default)
+    for name, default in defaults.items():  # each value's type is its default's type
+        p.add_argument("--" + name, type=_value(type(default)), default=default)
     args, unknown = p.parse_known_args(argv)
     return args, unknown
 
@@ -80,10 +76,9 @@ def training_files(channel_dir) -> list:
 
 def train(argv=None, env=None) -> dict:
     """Train under the SageMaker contract; returns the metrics it wrote."""
-    from ..artifacts import save_model
-    from ..metrics import evaluate_model, evaluate_popularity
+    from ..metrics import evaluate_popularity
     from ..prepare import prepare_files
-    from ..training import fit
+    from ..training import HYPERPARAMETERS, train_and_save
 
     env = os.environ if env is None else env
     args, unknown = parse_args(argv)
@@ -99,17 +94,12 @@ def train(argv=None, env=None) -> dict:
     summary = {k: prepared.summary[k] for k in ("rows_read", "rows_malformed", "users_kept", "products_kept",
                                                 "train_rows", "test_rows")}
     print(f"prepared: {json.dumps(summary)}", flush=True)
-    hp = {k: getattr(args, k) for k in ("epochs", "num_embeddings", "batch_size", "opt", "lr", "momentum", "wd",
-                                        "dropout", "init_magnitude", "objective", "embedding_grad", "seed")}
-    result = fit(prepared, progress=False, ctx="gpu" if gpus > 0 else "cpu", **hp)
+    extra = {"popularity_hr_at_10": evaluate_popularity(prepared)["hr_at_10"], **summary}
+    result, metrics = train_and_save(prepared, model_dir, progress=False, extra_metrics=extra,
+                                     ctx="gpu" if gpus > 0 else "cpu", **{k: getattr(args, k) for k in HYPERPARAMETERS})
     for h in result.history:
         print(f"epoch {h['epoch']}: train MSE {h['train_mse']:.4f} test MSE {h['test_mse']:.4f} "
               f"({h['rows_per_second']:.0f} rows/s)", flush=True)
-    ranking = evaluate_model(result.net, prepared)
-    metrics = {"train_mse": result.last.get("train_mse"), "test_mse": result.last.get("test_mse"),
-               "hr_at_10": ranking["hr_at_10"], "ndcg_at_10": ranking["ndcg_at_10"],
-               "popularity_hr_at_10": evaluate_popularity(prepared)["hr_at_10"], **summary}
-    save_model(model_dir, result.net, prepared, dataclasses.asdict(result.config), metrics)
     out = Path(env.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
