@@ -226,11 +226,9 @@ def predict_fn(data: Request, model) -> Prediction:
 
 def output_fn(prediction: Prediction, accept):
     """Serialise in the Accept type; returns ``(body, content_type)``."""
-    media = _media_type(accept)
+    media = check_accept(accept)
     if media in ("", "*/*"):
         media = CSV if prediction.content_type == CSV else JSON
-    if media not in ACCEPTS:
-        raise RequestError(406, f"unsupported Accept {accept!r}; use {' or '.join(ACCEPTS)}")
     scores = prediction.scores
     if media == CSV:
         body = "\n".join("" if math.isnan(s) else repr(float(s)) for s in scores.tolist()) + "\n"
@@ -238,11 +236,12 @@ def output_fn(prediction: Prediction, accept):
     return json.dumps([None if math.isnan(s) else s for s in scores.tolist()]), JSON
 
 
-def check_accept(accept) -> None:
-    """Reject an unusable Accept before the model runs (the local endpoint calls this first)."""
+def check_accept(accept) -> str:
+    """The Accept's media type, or a 406 (the local endpoint calls this before the model runs)."""
     media = _media_type(accept)
     if media not in ("", "*/*") + ACCEPTS:
         raise RequestError(406, f"unsupported Accept {accept!r}; use {' or '.join(ACCEPTS)}")
+    return media
 
 
 def handle(model, body: bytes, content_type, accept, handlers=None):
@@ -256,7 +255,7 @@ def handle(model, body: bytes, content_type, accept, handlers=None):
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(413, f"body of {len(body)} bytes is over the {MAX_BODY_BYTES} byte limit")
     data = body
-    if _media_type(content_type) in (JSON, CSV) and (content_type or "").strip().lower() in (JSON, CSV):
+    if (content_type or "").strip().lower() in (JSON, CSV):  # exactly these types, no parameters
         try:
             data = body.decode("utf-8")
         except UnicodeDecodeError:

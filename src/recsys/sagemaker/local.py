@@ -65,19 +65,24 @@ class TrainingJob:
     command: list
 
 
-def _cli_args(hyperparameters: dict) -> list:
-    """The training toolkit's mapping: JSON strings -> values -> ``--key str(value)``, sorted."""
-    args = []
-    for key in sorted(hyperparameters):
+def _decode(hyperparameters: dict) -> dict:
+    """The training toolkit's reading of ``hyperparameters.json``: each JSON string decoded (kept
+    raw when it is not JSON), ``sagemaker_*`` keys dropped."""
+    out = {}
+    for key, raw in hyperparameters.items():
         if key.startswith("sagemaker_"):
             continue
-        raw = hyperparameters[key]
         try:
-            value = json.loads(raw)
+            out[key] = json.loads(raw)
         except (TypeError, ValueError):
-            value = raw
-        args += ["--" + key, str(value)]
-    return args
+            out[key] = raw
+    return out
+
+
+def _cli_args(hyperparameters: dict) -> list:
+    """The training toolkit's mapping: JSON strings -> values -> ``--key str(value)``, sorted."""
+    decoded = _decode(hyperparameters)
+    return [part for key in sorted(decoded) for part in ("--" + key, str(decoded[key]))]
 
 
 def _pack(model_dir: Path, tar_path: Path, code_dir: Path | None = None) -> Path:
@@ -128,7 +133,7 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
         channel_dirs[channel] = d
     gpus = visible_gpus() if num_gpus is None else num_gpus
     args = _cli_args(hps)
-    decoded = {k: json.loads(v) for k, v in hps.items()}
+    decoded = _decode(hps)
     env_sm = {
         "SM_MODEL_DIR": str(root / "model"), "SM_CHANNELS": json.dumps(sorted(channels)),
         "SM_HPS": json.dumps(decoded, sort_keys=True, separators=(",", ":")),
@@ -372,11 +377,8 @@ class LocalEndpoint:
 def deploy_local(model, name: str = "recsys-local", port: int = 0) -> LocalEndpoint:
     """Start a :class:`LocalEndpoint` for a :class:`TrainingJob` (repacked with its code under
     ``code/``, as the SDK's ``deploy()`` does), a ``model.tar.gz`` or a model directory."""
-    if isinstance(model, TrainingJob):
-        with tempfile.TemporaryDirectory() as tmp:
-            with tarfile.open(model.model_data) as tar:
-                tar.extractall(tmp)
-            model = package_model(tmp, model.root / "output" / "model-deploy.tar.gz", model.root / "code")
+    if isinstance(model, TrainingJob):  # its model/ holds what model.tar.gz packs
+        model = package_model(model.root / "model", model.root / "output" / "model-deploy.tar.gz", model.root / "code")
     return LocalEndpoint(model, name=name, port=port).start()
 
 
