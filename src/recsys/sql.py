@@ -205,6 +205,17 @@ def parse_scores(text: str, expected: int) -> list:
         raise ScoringError(f"endpoint answered something that is not a score: {text[:80]!r}") from None
 
 
+def _score_rows(call, rows: list) -> list:
+    """One request: the rows' (user_id, product_id) as CSV (NULL as an empty field); each row
+    gets its score (None when unknown) under ``recommend_score``. Returns the scores."""
+    body = "".join(f"{'' if r['user_id'] is None else r['user_id']},"
+                   f"{'' if r['product_id'] is None else r['product_id']}\n" for r in rows)
+    scores = parse_scores(call(body), len(rows))
+    for r, score in zip(rows, scores):
+        r[SCORE_COLUMN] = score
+    return scores
+
+
 @dataclass
 class ScoreReport:
     source: str
@@ -285,13 +296,9 @@ def score_table(eng: sa.Engine, call, source: str = "inputs", target: str = "pre
             try:
                 for part in result.partitions(max_batch_size):
                     rows = [dict(r._mapping) for r in part]
-                    body = "".join(f"{'' if r['user_id'] is None else r['user_id']},"
-                                   f"{'' if r['product_id'] is None else r['product_id']}\n" for r in rows)
-                    scores = parse_scores(call(body), len(rows))
+                    scores = _score_rows(call, rows)
                     report.requests_sent += 1
                     report.batch_sizes.append(len(rows))
-                    for r, s in zip(rows, scores):
-                        r[SCORE_COLUMN] = s
                     report.unknown_pairs += sum(s is None for s in scores)
                     write.execute(stage.insert(), rows)
                     report.predict_rows += len(rows)
@@ -316,11 +323,8 @@ def score_query(eng: sa.Engine, call, source: str = "input") -> list:
     check_identifier(source)
     with eng.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {source}"))]
-    if not rows:
-        return []
-    scores = parse_scores(call("".join(f"{r['user_id']},{r['product_id']}\n" for r in rows)), len(rows))
-    for r, s in zip(rows, scores):
-        r[SCORE_COLUMN] = s
+    if rows:
+        _score_rows(call, rows)
     return rows
 
 
