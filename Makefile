@@ -4,7 +4,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Python 3.10 or 3.11 (numpy<1.24, which MXNet 1.9.1 needs, has no wheels for 3.12): python3.11,
+# python3.10, `python3` when it is one of those, or the conda `python3` environment of a SageMaker
+# notebook instance (its kernels are Python 3.10; the system python3 there is 3.9).
+PY_CANDIDATES := python3.11 python3.10 python3 /home/ec2-user/anaconda3/envs/python3/bin/python
+PYTHON ?= $(shell for p in $(PY_CANDIDATES); do \
+            command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 11))' 2>/dev/null \
+            && { command -v $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 KERNEL := recsys-lab
@@ -17,6 +23,8 @@ else
   MX_EXTRA := cpu
   MX_OTHER := mxnet-cu112
 endif
+# USER_KERNEL=1 also registers the kernel for the user's own Jupyter (default: on a SageMaker notebook instance)
+USER_KERNEL ?= $(if $(wildcard /opt/ml/metadata/resource-metadata.json),1,0)
 STAMP  := $(VENV)/.setup-$(MX_EXTRA)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 OUT    := outputs
@@ -24,7 +32,7 @@ OUT    := outputs
 NB_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup sync run-all test test-slow bench lint clean distclean
+.PHONY: help setup sync run-all test test-slow test-gpu-extra bench lint clean distclean
 help:
 	@echo "make run-all    set up and run every notebook (outputs/)"
 	@echo "make test       set up and run the tests"
@@ -32,16 +40,21 @@ help:
 	@echo "make sync       regenerate notebooks/*.ipynb from their py:percent sources"
 	@echo "make bench      run the benchmarks under benchmarks/"
 	@echo "make test-slow  the slow test tier"
+	@echo "make test-gpu-extra  install the gpu extra in its own venv and check it imports (no GPU needed)"
 	@echo "make lint       ruff (pyflakes rules)"
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if [ ! -x $(BIN)/python ]; then \
+	  if [ -z "$(PYTHON)" ]; then echo "make: no Python 3.10 or 3.11 found (tried $(PY_CANDIDATES)); install one, or run make PYTHON=/path/to/python3.10" >&2; exit 1; fi; \
+	  echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	@# the cpu and gpu wheels both install the `mxnet` package: never keep both
 	@if $(BIN)/python -m pip show --quiet $(MX_OTHER) >/dev/null 2>&1; then $(BIN)/python -m pip uninstall -y $(MX_OTHER); fi
 	$(BIN)/python -m pip install --quiet -e ".[$(MX_EXTRA),dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (recsys lab)" >/dev/null
+	@# a SageMaker notebook instance's JupyterLab runs from its own conda env: it sees user-level kernels only
+	@if [ "$(USER_KERNEL)" = 1 ]; then $(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (recsys lab)" >/dev/null && echo "kernel $(KERNEL) registered for your Jupyter"; fi
 	$(BIN)/python -c "import recsys.mx as m; print('mxnet', m.mx.__version__, 'gpus:', m.num_gpus())"
 	@rm -f $(VENV)/.setup-*
 	@touch $@
@@ -59,6 +72,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-gpu-extra: $(STAMP)
+	$(BIN)/python -m pytest -m gpu_extra $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do echo "=== $$b"; $(BIN)/python $$b; done

@@ -54,8 +54,8 @@ role = None  # default: sagemaker.get_execution_role() on a notebook instance
 bucket = None  # default: the session's default bucket
 prefix = "sagemaker/DEMO-gluon-recsys"
 region = None
-train_instance_type = "ml.p3.2xlarge"
-deploy_instance_type = "ml.m4.xlarge"
+train_instance_type = "ml.g4dn.xlarge"  # T4 GPU; a g5 (A10G) or g6 (L4) works too
+deploy_instance_type = "ml.m5.large"  # scoring needs no GPU
 
 # %%
 import time

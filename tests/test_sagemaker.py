@@ -194,7 +194,7 @@ def test_aws_estimator_arguments_offline(tmp_path):
                          output_path="s3://bucket/prefix/output")
     assert est.framework_version == "1.9.0" and est.py_version == "py38"
     assert est.entry_point == "recommender.py" and Path(est.source_dir) == tmp_path / "bundle"
-    assert est.instance_type == "ml.p3.2xlarge" and est.instance_count == 1
+    assert est.instance_type == "ml.g4dn.xlarge" and est.instance_count == 1
     hp = est.hyperparameters()
     assert {k: json.loads(v) for k, v in hp.items() if not k.startswith("sagemaker_")} == {
         "num_embeddings": 64, "opt": "sgd", "lr": 0.02, "momentum": 0.9, "wd": 0.0, "epochs": 10}

@@ -113,7 +113,7 @@ class Recommender:
     @classmethod
     def load(cls, model_dir, ctx="auto", verify: bool = True) -> "Recommender":
         from .model import MFBlock
-        from .mx import context
+        from .mx import context, gpu_errors
 
         d = Path(model_dir)
         missing = [name for name in FILES + ("manifest.json",) if not (d / name).is_file()]
@@ -127,10 +127,12 @@ class Recommender:
         config = json.loads((d / "config.json").read_text())
         arch = config["architecture"]
         net = MFBlock(arch["max_users"], arch["max_items"], arch["num_emb"], arch["dropout_p"])
-        net.load_parameters(str(d / "model.params"), ctx=context(ctx))
-        net.hybridize(static_alloc=True)
-        return cls(net, np.load(d / "user_ids.npy"), np.load(d / "product_ids.npy"),
-                   np.load(d / "item_popularity.npy"), config, manifest)
+        ctx = context(ctx)
+        with gpu_errors(ctx):
+            net.load_parameters(str(d / "model.params"), ctx=ctx)
+            net.hybridize(static_alloc=True)
+            return cls(net, np.load(d / "user_ids.npy"), np.load(d / "product_ids.npy"),
+                       np.load(d / "item_popularity.npy"), config, manifest)
 
     def known(self, user_ids, product_ids) -> np.ndarray:
         _, ku = _lookup(self.user_ids, user_ids)

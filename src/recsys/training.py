@@ -188,6 +188,11 @@ def fit(prepared, progress: bool = True, net: MFBlock | None = None, **overrides
     """Train on ``prepared.train``; evaluate MSE on train and test after every epoch."""
     cfg = TrainConfig(**overrides).validate()
     ctx = _mx.context(cfg.ctx)
+    with _mx.gpu_errors(ctx):  # an unsupported GPU fails with the guard's message, not MXNet's
+        return _fit(prepared, cfg, ctx, progress, net)
+
+
+def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None) -> FitResult:
     rng = np.random.default_rng(cfg.seed)
     mx.random.seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -16,6 +16,13 @@ from .entry import SEED_HYPERPARAMETERS
 
 FRAMEWORK_VERSION = "1.9.0"
 PY_VERSION = "py38"
+#: Training: the cheapest GPU that runs the mxnet-cu112 wheel (T4, sm_75). The ml.p2 (K80) and
+#: ml.p3 families are retired, and ml.p5's H100 has no kernels in the wheel (see recsys.mx).
+TRAIN_INSTANCE_TYPE = "ml.g4dn.xlarge"
+#: Hosting: a current general-purpose CPU type. Scoring is a dot product of precomputed vectors, so
+#: a GPU buys nothing; 8 GiB (ml.m5.large, vs 4 GiB on ml.c5.large) holds the full-data model's
+#: vectors (4.2M users x 64 floats, about 1 GiB) once per serving worker (2 on 2 vCPUs).
+DEPLOY_INSTANCE_TYPE = "ml.m5.large"
 
 
 def session(region: str | None = None, boto_session=None):
@@ -27,7 +34,7 @@ def session(region: str | None = None, boto_session=None):
     return sagemaker.Session(boto_session=boto_session or boto3.Session(region_name=region))
 
 
-def make_estimator(role: str, bundle_dir, sagemaker_session=None, instance_type: str = "ml.p3.2xlarge",
+def make_estimator(role: str, bundle_dir, sagemaker_session=None, instance_type: str = TRAIN_INSTANCE_TYPE,
                    instance_count: int = 1, hyperparameters: dict | None = None, output_path: str | None = None,
                    base_job_name: str = "recsys-mf"):
     """The seed's ``MXNet('recommender.py', ...)`` for today's container: script mode, framework
@@ -54,7 +61,7 @@ def upload_training_data(sagemaker_session, files, bucket: str, prefix: str) -> 
     return f"s3://{bucket}/{prefix}/train/"
 
 
-def deploy(estimator, instance_type: str = "ml.m4.xlarge", endpoint_name: str | None = None):
+def deploy(estimator, instance_type: str = DEPLOY_INSTANCE_TYPE, endpoint_name: str | None = None):
     """``estimator.deploy(...)`` with JSON in and out (SDK v2; the seed's ``serializer = None``
     no longer works)."""
     from sagemaker.deserializers import JSONDeserializer

@@ -74,6 +74,12 @@ def training_files(channel_dir) -> list:
     return files
 
 
+def training_context(env) -> str:
+    """``"auto"`` when the platform gives GPUs (``SM_NUM_GPUS`` > 0): the kit's GPU guard then uses the GPU
+    if it runs the MXNet wheel, else warns and trains on the CPU (see :mod:`recsys.mx`); ``"cpu"`` otherwise."""
+    return "auto" if int(env.get("SM_NUM_GPUS", "0") or 0) > 0 else "cpu"
+
+
 def train(argv=None, env=None) -> dict:
     """Train under the SageMaker contract; returns the metrics it wrote."""
     from ..metrics import evaluate_popularity
@@ -96,7 +102,7 @@ def train(argv=None, env=None) -> dict:
     print(f"prepared: {json.dumps(summary)}", flush=True)
     extra = {"popularity_hr_at_10": evaluate_popularity(prepared)["hr_at_10"], **summary}
     result, metrics = train_and_save(prepared, model_dir, progress=False, extra_metrics=extra,
-                                     ctx="gpu" if gpus > 0 else "cpu", **{k: getattr(args, k) for k in HYPERPARAMETERS})
+                                     ctx=training_context(env), **{k: getattr(args, k) for k in HYPERPARAMETERS})
     for h in result.history:
         print(f"epoch {h['epoch']}: train MSE {h['train_mse']:.4f} test MSE {h['test_mse']:.4f} "
               f"({h['rows_per_second']:.0f} rows/s)", flush=True)

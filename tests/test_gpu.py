@@ -1,0 +1,89 @@
+"""The GPU guard, decided on faked device information (no GPU here): which compute capabilities run
+the mxnet-cu112 1.9.1 wheel, what ctx="auto" and ctx="gpu" do on each, and MXNet's "no kernel image"
+error turned into the guard's message."""
+
+import pytest
+
+import recsys.mx as m
+from recsys.mx import GpuDevice, UnsupportedGPUError, choose_device, runs_wheel
+
+K80 = GpuDevice(0, "Tesla K80", (3, 7))
+T4 = GpuDevice(0, "Tesla T4", (7, 5))
+A10G = GpuDevice(0, "NVIDIA A10G", (8, 6))
+H100 = GpuDevice(0, "NVIDIA H100 80GB HBM3", (9, 0))
+
+
+@pytest.mark.parametrize("capability, runs", [
+    ((3, 7), False), ((5, 0), True), ((5, 2), True), ((6, 1), True), ((7, 0), True), ((7, 5), True),
+    ((8, 0), True), ((8, 6), True), ((8, 9), True), ((9, 0), False), ((10, 0), False), ((8, 5), True),
+])
+def test_runs_wheel(capability, runs):
+    assert runs_wheel(capability) is runs
+
+
+@pytest.mark.parametrize("device", [T4, A10G], ids=["sm_75", "sm_86"])
+def test_supported_gpu_is_used(device):
+    assert choose_device("auto", 1, [device]) == ("gpu", 0, None)
+    assert choose_device("gpu", 1, [device]) == ("gpu", 0, None)
+    assert choose_device("gpu:0", 1, [device]) == ("gpu", 0, None)
+
+
+@pytest.mark.parametrize("device", [K80, H100], ids=["sm_37", "sm_90"])
+def test_unsupported_gpu_auto_falls_back_to_cpu_with_one_line(device):
+    kind, idx, warning = choose_device("auto", 1, [device])
+    assert kind == "cpu"
+    assert "\n" not in warning
+    major, minor = device.capability
+    assert device.name in warning and f"{major}.{minor}" in warning and "ml.g4dn" in warning and "CPU" in warning
+
+
+@pytest.mark.parametrize("device", [K80, H100], ids=["sm_37", "sm_90"])
+def test_unsupported_gpu_explicit_raises(device):
+    with pytest.raises(UnsupportedGPUError, match=device.name) as e:
+        choose_device("gpu", 1, [device])
+    assert "ml.g4dn" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_no_gpu_and_unknown_capability():
+    assert choose_device("auto", 0, []) == ("cpu", 0, None)
+    assert choose_device("cpu", 1, [T4]) == ("cpu", 0, None)
+    assert choose_device("auto", 1, []) == ("gpu", 0, None)  # driver unreadable: MXNet's own error decides
+    with pytest.raises(ValueError, match="sees 0 GPU"):
+        choose_device("gpu", 0, [])
+    with pytest.raises(ValueError, match="unknown ctx"):
+        choose_device("tpu", 0, [])
+
+
+def test_context_warns_once_and_uses_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(m, "num_gpus", lambda: 1)
+    monkeypatch.setattr(m, "gpu_devices", lambda: [K80])
+    monkeypatch.setattr(m, "_warned", set())
+    assert m.context("auto") == m.mx.cpu()
+    assert m.context("auto") == m.mx.cpu()
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "Tesla K80" in err
+    with pytest.raises(UnsupportedGPUError):
+        m.context("gpu")
+
+
+def test_no_kernel_image_error_becomes_the_guards_message(monkeypatch):
+    monkeypatch.setattr(m, "gpu_devices", lambda: [H100])
+    with pytest.raises(UnsupportedGPUError, match="H100.*9.0"):
+        with m.gpu_errors(m.mx.gpu(0)):
+            raise m.mx.base.MXNetError("[12:00:00] src/operator/...: Check failed: err == cudaSuccess (209 vs. 0) : "
+                                       "no kernel image is available for execution on the device")
+    with pytest.raises(m.mx.base.MXNetError, match="something else"):  # other errors pass through
+        with m.gpu_errors(m.mx.gpu(0)):
+            raise m.mx.base.MXNetError("something else")
+
+
+def test_entry_point_uses_the_guard(monkeypatch, tmp_path):
+    """SM_NUM_GPUS > 0 on an unsupported GPU: the entry point trains on the CPU (ctx='auto')."""
+    from recsys.sagemaker import entry
+
+    assert entry.training_context({"SM_NUM_GPUS": "1"}) == "auto"
+    assert entry.training_context({"SM_NUM_GPUS": "0"}) == "cpu"
+    monkeypatch.setattr(m, "num_gpus", lambda: 1)
+    monkeypatch.setattr(m, "gpu_devices", lambda: [K80])
+    monkeypatch.setattr(m, "_warned", set())
+    assert m.context(entry.training_context({"SM_NUM_GPUS": "1"})) == m.mx.cpu()
