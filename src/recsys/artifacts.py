@@ -7,7 +7,12 @@ Layout::
     user_ids.npy         raw user id of each dense ``user`` (int64, ascending)
     product_ids.npy      raw product id of each dense ``item`` (int64, ascending)
     item_popularity.npy  training events per item (the fallback ranking)
-    manifest.json        versions, data fingerprint, SHA-256 of every file above
+    model_info.json      versions, data fingerprint, SHA-256 of every file above, metrics
+
+(``model_info.json`` was ``manifest.json`` before: the real SageMaker MXNet serving stack (Multi
+Model Server) takes any ``MANIFEST.json``, in any case, in the model directory or one level down
+for its own archive manifest and stops at start-up. Old directories still load, and
+:func:`info_file` says which name a directory uses.)
 
 :class:`Recommender` answers on **raw** ids:
 
@@ -31,6 +36,8 @@ import numpy as np
 
 FORMAT_VERSION = 1
 FILES = ("config.json", "model.params", "user_ids.npy", "product_ids.npy", "item_popularity.npy")
+INFO_FILE = "model_info.json"
+LEGACY_INFO_FILE = "manifest.json"  # read only: MMS mistakes it for its own manifest
 
 
 def _sha256(path: Path) -> str:
@@ -67,7 +74,7 @@ def save_model(model_dir, net, prepared, hyperparameters: dict | None = None, me
     np.save(out / "product_ids.npy", prepared.products["product_id"].to_numpy(np.int64))
     np.save(out / "item_popularity.npy",
             np.bincount(prepared.train["item"].to_numpy(), minlength=prepared.n_items).astype(np.float64))
-    manifest = {
+    info = {
         "format_version": FORMAT_VERSION,
         "versions": {"recsys": __version__, "mxnet": mxnet.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
@@ -77,8 +84,15 @@ def save_model(model_dir, net, prepared, hyperparameters: dict | None = None, me
         "files": {name: _sha256(out / name) for name in FILES},
         "metrics": metrics or {},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=float) + "\n")
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=float) + "\n")
     return out
+
+
+def info_file(model_dir) -> Path:
+    """The directory's ``model_info.json``, or the ``manifest.json`` of a directory saved before the rename."""
+    d = Path(model_dir)
+    legacy = d / LEGACY_INFO_FILE
+    return legacy if legacy.is_file() and not (d / INFO_FILE).is_file() else d / INFO_FILE
 
 
 class ModelDirError(ValueError):
@@ -98,7 +112,7 @@ class Recommender:
     """A loaded model: scores and recommendations on raw ids."""
 
     def __init__(self, net, user_ids: np.ndarray, product_ids: np.ndarray, popularity: np.ndarray,
-                 config: dict, manifest: dict) -> None:
+                 config: dict, info: dict) -> None:
         from .metrics import tower_vectors
 
         self.net = net
@@ -106,7 +120,7 @@ class Recommender:
         self.product_ids = product_ids
         self.popularity = popularity
         self.config = config
-        self.manifest = manifest
+        self.info = info
         # The towers are independent until the dot product: compute every vector once.
         self.user_vectors, self.item_vectors = tower_vectors(net, len(user_ids), len(product_ids))
 
@@ -116,12 +130,13 @@ class Recommender:
         from .mx import context, gpu_errors
 
         d = Path(model_dir)
-        missing = [name for name in FILES + ("manifest.json",) if not (d / name).is_file()]
+        info_path = info_file(d)
+        missing = [name for name in FILES + (info_path.name,) if not (d / name).is_file()]
         if missing:
             raise ModelDirError(f"{d}: not a model directory, missing {', '.join(missing)}")
-        manifest = json.loads((d / "manifest.json").read_text())
+        info = json.loads(info_path.read_text())
         if verify:
-            bad = [name for name, digest in manifest.get("files", {}).items() if _sha256(d / name) != digest]
+            bad = [name for name, digest in info.get("files", {}).items() if _sha256(d / name) != digest]
             if bad:
                 raise ModelDirError(f"{d}: files changed since they were saved: {', '.join(bad)}")
         config = json.loads((d / "config.json").read_text())
@@ -132,7 +147,7 @@ class Recommender:
             net.load_parameters(str(d / "model.params"), ctx=ctx)
             net.hybridize(static_alloc=True)
             return cls(net, np.load(d / "user_ids.npy"), np.load(d / "product_ids.npy"),
-                       np.load(d / "item_popularity.npy"), config, manifest)
+                       np.load(d / "item_popularity.npy"), config, info)
 
     def known(self, user_ids, product_ids) -> np.ndarray:
         _, ku = _lookup(self.user_ids, user_ids)

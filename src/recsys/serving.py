@@ -17,7 +17,11 @@ Responses, in the order of the input, in the ``Accept`` type:
 * ``application/json``: a JSON list of scores, ``null`` where the user or the product is unknown;
 * ``text/csv``: one line per input row, the score, or an empty field where unknown.
 
-A missing or ``*/*`` Accept answers in the request's own type (CSV for CSV). Unknown ids are
+A missing or ``*/*`` Accept is replaced before ``output_fn`` runs, as the SageMaker inference
+toolkit does, by ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` (the toolkit's default:
+``application/json``; the kit's ``deploy()`` sets ``text/csv`` so that an Aurora call without an
+Accept gets CSV). An Accept of ``*/*`` with parameters reaches ``output_fn``, which answers in the
+request's own type. Unknown ids are
 never scored from a made-up index. Bad requests raise :class:`RequestError` with a 4xx status
 and a one-line message before anything reaches the model: empty body (400), unparseable JSON
 or CSV (400), non-integer ids (400), mismatched lengths (400), unsupported content type (415)
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -51,6 +56,7 @@ OCTET = "application/octet-stream"
 CONTENT_TYPES = (JSON, CSV, OCTET)
 ACCEPTS = (JSON, CSV)
 MAX_BODY_BYTES = 6_291_456  # the SageMaker Runtime API's limit
+DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
 
 
 class RequestError(_ToolkitError):
@@ -244,13 +250,23 @@ def check_accept(accept) -> str:
     return media
 
 
-def handle(model, body: bytes, content_type, accept, handlers=None):
+def effective_accept(accept, default_accept=None) -> str:
+    """The inference toolkit's rule: a missing or exactly ``*/*`` Accept becomes the default
+    (``default_accept``, else ``$SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``, else ``application/json``)."""
+    if not accept or accept == "*/*":
+        return default_accept or os.environ.get(DEFAULT_ACCEPT_ENV) or JSON
+    return accept
+
+
+def handle(model, body: bytes, content_type, accept, handlers=None, default_accept=None):
     """The whole request path of the container, for the local endpoint: returns ``(body, type)``.
 
-    As the MXNet container does, the body reaches ``input_fn`` as ``str`` for exactly
+    As the MXNet container does, a missing or ``*/*`` Accept becomes the default Accept
+    (:func:`effective_accept`), and the body reaches ``input_fn`` as ``str`` for exactly
     ``application/json`` or ``text/csv`` and as ``bytes`` otherwise. ``handlers`` is the entry
     point module (default: this one)."""
     h = handlers or sys.modules[__name__]
+    accept = effective_accept(accept, default_accept)
     check_accept(accept)
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(413, f"body of {len(body)} bytes is over the {MAX_BODY_BYTES} byte limit")
@@ -261,4 +277,4 @@ def handle(model, body: bytes, content_type, accept, handlers=None):
         except UnicodeDecodeError:
             raise RequestError(400, "body is not UTF-8 text") from None
     result = h.output_fn(h.predict_fn(h.input_fn(data, content_type), model), accept)
-    return result if isinstance(result, tuple) else (result, _media_type(accept) or JSON)
+    return result if isinstance(result, tuple) else (result, accept)

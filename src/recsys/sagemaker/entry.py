@@ -10,7 +10,8 @@ Training (``python recommender.py --epochs 10 --lr 0.02 ...`` in the container):
   ``.csv.gz``, as the seed uploads them); ``SM_MODEL_DIR`` receives the model directory of
   :mod:`recsys.artifacts`; ``SM_NUM_GPUS`` > 0 trains on the GPU;
 * it runs the kit's prepare and fit, writes ``metrics.json`` to ``SM_OUTPUT_DATA_DIR``, and on
-  an error writes the message to ``SM_OUTPUT_DIR/failure`` (SageMaker's FailureReason) and exits 1.
+  an error writes the message to ``SM_OUTPUT_DIR/failure`` (SageMaker's FailureReason) and exits 1 (2 for a
+  hyperparameter argparse rejects: its message reaches ``failure`` too).
 
 Runs on Python 3.8 (MXNet 1.9 containers): checked by a test with vermin.
 """
@@ -50,6 +51,19 @@ def _value(kind):
     return convert
 
 
+class HyperparameterError(ValueError):
+    """A hyperparameter the entry point cannot use (its message becomes the job's FailureReason)."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting: argparse's own ``exit(2)`` would end the script before
+    ``main`` writes ``output/failure``, and SageMaker would report ``ExitCode 2 ErrorMessage ""``.
+    (``exit_on_error=False`` does not exist on the containers' Python 3.8.)"""
+
+    def error(self, message):
+        raise HyperparameterError(message)
+
+
 def parse_args(argv=None):
     from ..constants import DEFAULT_MIN_PRODUCT_EVENTS, DEFAULT_MIN_USER_EVENTS
     from ..training import HYPERPARAMETERS, TrainConfig
@@ -57,7 +71,7 @@ def parse_args(argv=None):
     d = TrainConfig()
     defaults = {name: getattr(d, name) for name in HYPERPARAMETERS}
     defaults.update(min_user_events=DEFAULT_MIN_USER_EVENTS, min_product_events=DEFAULT_MIN_PRODUCT_EVENTS)
-    p = argparse.ArgumentParser(description="recsys SageMaker training entry point")
+    p = _ArgumentParser(description="recsys SageMaker training entry point")
     for name, default in defaults.items():  # each value's type is its default's type
         p.add_argument("--" + name, type=_value(type(default)), default=default)
     args, unknown = p.parse_known_args(argv)
@@ -119,7 +133,8 @@ def main(argv=None) -> int:
         return 0
     except Exception as e:  # noqa: BLE001 - every failure must reach SageMaker's FailureReason
         message = f"{type(e).__name__}: {e}"
-        traceback.print_exc()
+        if not isinstance(e, HyperparameterError):  # a usage error needs its message, not a traceback
+            traceback.print_exc()
         failure = Path(os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output")) / "failure"
         try:
             failure.parent.mkdir(parents=True, exist_ok=True)
@@ -128,4 +143,4 @@ def main(argv=None) -> int:
         except OSError:
             pass
         print(f"training failed: {message}", file=sys.stderr, flush=True)
-        return 1
+        return 2 if isinstance(e, HyperparameterError) else 1

@@ -1,27 +1,36 @@
-"""Local emulation of a SageMaker training job and of a SageMaker endpoint.
+"""SageMaker offline: a training job run by AWS's own training toolkit, and a local endpoint.
 
-``run_training_job``: the entry point runs in a subprocess under the training contract, in an
-``/opt/ml``-shaped tree inside a work directory (``code/``, ``input/config/
-{hyperparameters,inputdataconfig,resourceconfig}.json``, ``input/data/<channel>/``, ``model/``,
-``output/``), with the ``SM_*`` environment and the hyperparameters as command-line arguments
-(sorted, values through ``str()`` of the JSON-decoded value, as the training toolkit does). The
-log streams line by line; a failure leaves ``output/failure`` and raises
-:class:`TrainingJobError` with its text; success writes ``output/success`` and packs
-``model/`` into ``output/model.tar.gz``. (The container pip-installs ``requirements.txt``
-first; locally the kit's environment already has those packages, which the log says.)
+``run_training_job``: lays out the job's tree under ``SAGEMAKER_BASE_DIR`` (the platform's
+``/opt/ml``) in a work directory, the way SageMaker does before the container starts:
+``input/config/{hyperparameters,inputdataconfig,resourceconfig}.json`` (hyperparameters JSON-encoded
+as the SDK writes them, with ``sagemaker_program`` and ``sagemaker_submit_directory`` naming the
+entry point and a ``sourcedir.tar.gz`` of the bundle), ``input/data/<channel>/``, and the
+pre-created ``model/`` and ``output/{data,intermediate}/`` (without ``output/`` the toolkit exits 0
+on a failed script). Then it starts the MXNet training container's own entry point,
+``sagemaker-training``'s ``train`` with ``SAGEMAKER_TRAINING_MODULE=sagemaker_mxnet_container.
+training:main`` (``sagemaker-mxnet-training``), in a subprocess. The toolkit unpacks the code,
+pip-installs its ``requirements.txt`` (here with ``PIP_NO_INDEX=1``: the kit's environment
+already satisfies it, and nothing is downloaded), sets the ``SM_*`` environment and runs the
+entry point with the hyperparameters as arguments; it writes ``output/failure`` or
+``output/success``. What the platform does around the container stays here: the log streams
+line by line, a failure raises :class:`TrainingJobError` with the FailureReason (the first 1,024
+characters of ``output/failure``), and ``model/`` is packed into ``output/model.tar.gz``.
+(``SM_STUDIO_LOCAL_MODE=true`` skips the toolkit's DNS wait for the host ``algo-1``.)
 
 ``LocalEndpoint``: loads a ``model.tar.gz`` (or a model directory) with the entry point's
 handlers and serves on 127.0.0.1 only
 
-* ``GET /ping`` and ``POST /invocations``: the hosting container's contract (errors: their
-  status with a one-line text body);
+* ``GET /ping`` and ``POST /invocations``: the hosting container's contract, with the inference
+  toolkit's rules (a missing or ``*/*`` Accept becomes the endpoint's default Accept; errors are
+  the status, the one-line message as reason phrase and body, no Content-Type);
 * ``POST /endpoints/<name>/invocations``: the SageMaker Runtime REST API that boto3 signs and
   sends, so ``boto3.client("sagemaker-runtime", endpoint_url=...)`` and a SageMaker SDK
   ``Predictor`` work unchanged. A model's 4xx reaches boto3 as ``ModelError`` (424) with
   ``OriginalStatusCode``; an unknown endpoint name as ``ValidationError``.
 
 It serves requests concurrently (a thread per connection) and starts and stops cleanly
-(a context manager). ``recsys serve MODEL`` runs it from the command line.
+(a context manager). ``recsys serve MODEL`` runs it from the command line. The conformance tier
+(``tests/test_conformance.py``) holds it to the real serving stack (:mod:`.container`).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -42,11 +52,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .. import serving
+from ..artifacts import INFO_FILE, LEGACY_INFO_FILE
 from .bundle import ENTRY_POINT, build_bundle
 
 ACCOUNT = "000000000000"
 REGION = "us-east-1"
 VARIANT = "AllTraffic"
+#: What the MXNet training image runs: the training toolkit, with the MXNet framework module.
+TRAINING_MODULE = "sagemaker_mxnet_container.training:main"
+#: The Accept a missing or ``*/*`` Accept becomes on the kit's endpoints (``deploy()`` sets the same
+#: ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` on AWS): Aurora's CSV calls get CSV.
+DEFAULT_ACCEPT = serving.CSV
 
 
 class TrainingJobError(RuntimeError):
@@ -80,45 +96,102 @@ def _decode(hyperparameters: dict) -> dict:
 
 
 def _cli_args(hyperparameters: dict) -> list:
-    """The training toolkit's mapping: JSON strings -> values -> ``--key str(value)``, sorted."""
+    """The training toolkit's mapping: JSON strings -> values -> ``--key str(value)``, sorted (what
+    the toolkit passes to the entry point; the log shows the real command)."""
     decoded = _decode(hyperparameters)
     return [part for key in sorted(decoded) for part in ("--" + key, str(decoded[key]))]
+
+
+def _add_model_dir(tar, model_dir: Path, code_dir: Path | None = None) -> None:
+    for p in sorted(model_dir.iterdir()):
+        if p.name == "code" and code_dir is not None:
+            continue
+        # a directory saved before the rename: its info file must not reach MMS as a manifest
+        tar.add(p, arcname=INFO_FILE if p.name == LEGACY_INFO_FILE else p.name)
+    if code_dir is not None:
+        tar.add(code_dir, arcname="code", filter=lambda t: None if "__pycache__" in t.name else t)
 
 
 def _pack(model_dir: Path, tar_path: Path, code_dir: Path | None = None) -> Path:
     """``model.tar.gz`` with the model files at the root (and ``code/`` when given), as SageMaker."""
     with tarfile.open(tar_path, "w:gz") as tar:
-        for p in sorted(model_dir.iterdir()):
-            tar.add(p, arcname=p.name)
-        if code_dir is not None:
-            tar.add(code_dir, arcname="code", filter=lambda t: None if "__pycache__" in t.name else t)
+        _add_model_dir(tar, model_dir, code_dir)
     return tar_path
 
 
-def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir=None, job_name: str | None = None,
-                     log=print, num_gpus: int | None = None, timeout: float | None = None) -> TrainingJob:
-    """Run the entry point like a SageMaker training job; returns the job with its ``model.tar.gz``."""
-    from ..mx import num_gpus as visible_gpus
+def _sourcedir_tar(source_dir: Path, tar_path: Path) -> Path:
+    """The SDK's ``sourcedir.tar.gz``: the bundle's files at the archive's root."""
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for p in sorted(source_dir.iterdir()):
+            tar.add(p, arcname=p.name, filter=lambda t: None if "__pycache__" in t.name else t)
+    return tar_path
 
+
+def toolkit_env(base_dir: Path, extra: dict | None = None) -> dict:
+    """The environment a toolkit subprocess gets: the kit's, without leftover ``SM_*`` variables,
+    with the venv's scripts on ``PATH`` and ``SAGEMAKER_BASE_DIR`` set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.update({"SAGEMAKER_BASE_DIR": str(base_dir), "PYTHONUNBUFFERED": "1", "RECSYS_PROGRESS": "0"})
+    env.update(extra or {})
+    return env
+
+
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+
+
+class BriefLog:
+    """Shows a training log the way a reader wants it in a notebook: the entry point's lines and the
+    toolkit's own messages without their timestamps, and without the environment dumps and pip's
+    "already satisfied" lines (:attr:`TrainingJob.logs` keeps every line)."""
+
+    def __init__(self, log=print) -> None:
+        self.log = log
+        self.skipping = False
+
+    def __call__(self, line: str) -> None:
+        prefix, _, text = line.partition("] ")
+        if text.startswith("Training Env:"):
+            self.skipping = True
+        elif text.startswith("Invoking script with the following command:"):
+            self.skipping = False
+        if self.skipping or "Requirement already satisfied" in text or "training environment: {" in text:
+            return
+        text = _TIMESTAMP.sub("", text)
+        if text.strip():
+            self.log(f"{prefix}] {text}")
+
+
+def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir=None, job_name: str | None = None,
+                     log=print, timeout: float | None = None, verbose: bool = False) -> TrainingJob:
+    """Run the bundle as a SageMaker training job under AWS's training toolkit; returns the job with
+    its ``model.tar.gz``, or raises :class:`TrainingJobError` with the FailureReason. ``log`` gets
+    every line when ``verbose``, else a :class:`BriefLog` of them."""
+    log = log if verbose else BriefLog(log)
     name = job_name or time.strftime("recsys-local-%Y%m%d-%H%M%S")
-    root = Path(work_dir) / name
+    root = Path(work_dir).resolve() / name
     if root.exists():
         shutil.rmtree(root)
-    code = root / "code"
-    if source_dir is None:
-        build_bundle(code)
-    else:
-        shutil.copytree(source_dir, code)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(source_dir) if source_dir is not None else build_bundle(Path(tmp) / "bundle")
+        submit = _sourcedir_tar(bundle, root / "source" / "sourcedir.tar.gz")
     config = root / "input" / "config"
     config.mkdir(parents=True)
-    for d in ("model", "output/data", "output/intermediate"):
+    for d in ("code", "model", "output/data", "output/intermediate"):
         (root / d).mkdir(parents=True, exist_ok=True)
     hps = {k: json.dumps(v) for k, v in hyperparameters.items()}  # the SDK's encoding
-    (config / "hyperparameters.json").write_text(json.dumps(hps, sort_keys=True))
+    sdk_hps = {**hps, "sagemaker_program": json.dumps(ENTRY_POINT), "sagemaker_submit_directory": json.dumps(str(submit)),
+               "sagemaker_container_log_level": "20", "sagemaker_job_name": json.dumps(name),
+               "sagemaker_region": json.dumps(REGION)}
+    (config / "hyperparameters.json").write_text(json.dumps(sdk_hps, sort_keys=True))
     (config / "inputdataconfig.json").write_text(json.dumps(
-        {c: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for c in channels}))
-    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
-    channel_dirs = {}
+        {c: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
+         for c in channels}))
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-1", "hosts": ["algo-1"], "current_instance_type": "local",
+         "network_interface_name": "eth0"}))
     for channel, files in channels.items():
         d = root / "input" / "data" / channel
         d.mkdir(parents=True)
@@ -130,30 +203,12 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
                 os.symlink(f, d / f.name)
             except OSError:
                 shutil.copyfile(f, d / f.name)
-        channel_dirs[channel] = d
-    gpus = visible_gpus() if num_gpus is None else num_gpus
-    args = _cli_args(hps)
-    decoded = _decode(hps)
-    env_sm = {
-        "SM_MODEL_DIR": str(root / "model"), "SM_CHANNELS": json.dumps(sorted(channels)),
-        "SM_HPS": json.dumps(decoded, sort_keys=True, separators=(",", ":")),
-        "SM_HOSTS": json.dumps(["algo-1"]), "SM_CURRENT_HOST": "algo-1", "SM_NUM_GPUS": str(gpus),
-        "SM_NUM_CPUS": str(os.cpu_count() or 1), "SM_OUTPUT_DATA_DIR": str(root / "output" / "data"),
-        "SM_OUTPUT_DIR": str(root / "output"), "SM_INPUT_DIR": str(root / "input"),
-        "SM_INPUT_CONFIG_DIR": str(config), "SM_MODULE_NAME": Path(ENTRY_POINT).stem,
-        "SM_USER_ENTRY_POINT": ENTRY_POINT, "SM_USER_ARGS": json.dumps(args), "SM_LOG_LEVEL": "20",
-        "SM_MODULE_DIR": str(code),
-    }
-    env_sm.update({f"SM_CHANNEL_{c.upper()}": str(d) for c, d in channel_dirs.items()})
-    env_sm.update({f"SM_HP_{k.upper()}": str(v) for k, v in decoded.items()})
-    env_sm["SM_TRAINING_ENV"] = json.dumps({k: v for k, v in env_sm.items()}, sort_keys=True)
-    env = {**os.environ, **env_sm, "PYTHONPATH": str(code), "RECSYS_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
-    if (code / "requirements.txt").is_file():
-        log(f"[{name}] requirements.txt: installed by the container on AWS; the kit's environment provides it here")
-    cmd = [sys.executable, ENTRY_POINT, *args]
-    log(f"[{name}] {' '.join(cmd[1:])}")
+    env = toolkit_env(root, {"SAGEMAKER_TRAINING_MODULE": TRAINING_MODULE, "SM_STUDIO_LOCAL_MODE": "true",
+                             "TRAINING_JOB_NAME": name, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    cmd = [sys.executable, "-m", "sagemaker_training.cli.train"]
+    log(f"[{name}] sagemaker-training ({TRAINING_MODULE}): {ENTRY_POINT} {' '.join(_cli_args(hps))}")
     logs = []
-    proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in proc.stdout:
             line = line.rstrip("\n")
@@ -164,16 +219,16 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
         if proc.poll() is None:
             proc.kill()
     failure = root / "output" / "failure"
-    if rc != 0:
+    if rc != 0 or failure.exists() or not (root / "output" / "success").exists():
         if not failure.exists():
-            tail = " | ".join(l for l in logs[-5:] if l.strip())
+            tail = " | ".join(line for line in logs[-5:] if line.strip())
             failure.write_text(f"AlgorithmError: exit code {rc}: {tail}"[:1024])
         raise TrainingJobError(f"training job {name} failed: {failure.read_text()[:1024]}")
-    (root / "output" / "success").write_text("")
     model_data = _pack(root / "model", root / "output" / "model.tar.gz")
     metrics_file = root / "output" / "data" / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return TrainingJob(name=name, root=root, model_data=model_data, logs=logs, metrics=metrics, command=cmd[1:])
+    return TrainingJob(name=name, root=root, model_data=model_data, logs=logs, metrics=metrics,
+                       command=[ENTRY_POINT, *_cli_args(hps)])
 
 
 # ---- endpoint ---------------------------------------------------------------------------------
