@@ -51,7 +51,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	@# the cpu and gpu wheels both install the `mxnet` package: never keep both
 	@if $(BIN)/python -m pip show --quiet $(MX_OTHER) >/dev/null 2>&1; then $(BIN)/python -m pip uninstall -y $(MX_OTHER); fi
-	$(BIN)/python -m pip install --quiet -e ".[$(MX_EXTRA),dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(MX_EXTRA),toolkits,dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (recsys lab)" >/dev/null
 	@# a SageMaker notebook instance's JupyterLab runs from its own conda env: it sees user-level kernels only
 	@if [ "$(USER_KERNEL)" = 1 ]; then $(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (recsys lab)" >/dev/null && echo "kernel $(KERNEL) registered for your Jupyter"; fi

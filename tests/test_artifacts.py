@@ -27,10 +27,33 @@ def test_model_directory_contents(trained):
     assert config["architecture"] == {"max_users": prepared.n_users, "max_items": prepared.n_items, "num_emb": 64,
                                       "dropout_p": 0.5}
     assert config["hyperparameters"]["lr"] == 0.02 and config["hyperparameters"]["objective"] == "event_score"
-    manifest = json.loads((d / "manifest.json").read_text())
-    assert set(manifest["versions"]) == {"recsys", "mxnet", "numpy", "python"}
-    assert len(manifest["data_fingerprint"]) == 64 and manifest["metrics"] == {"hr_at_10": 0.1}
+    info = json.loads((d / "model_info.json").read_text())
+    assert set(info["versions"]) == {"recsys", "mxnet", "numpy", "python"}
+    assert len(info["data_fingerprint"]) == 64 and info["metrics"] == {"hr_at_10": 0.1}
     assert np.load(d / "user_ids.npy").tolist() == prepared.users["user_id"].tolist()
+    # MMS takes any MANIFEST.json (any case, one level down too) for its own and stops: none here
+    from recsys.sagemaker.bundle import mms_manifests
+
+    assert mms_manifests(d) == []
+
+
+def test_model_directory_saved_before_the_rename_still_loads_and_deploys(trained, tmp_path):
+    """Old model directories have manifest.json: they load, and the deployable tarball renames it."""
+    import shutil
+    import tarfile
+
+    from recsys.sagemaker.local import package_model
+
+    prepared, _, d = trained
+    old = tmp_path / "old"
+    shutil.copytree(d, old)
+    (old / "model_info.json").rename(old / "manifest.json")
+    t = prepared.test.head(5)
+    np.testing.assert_array_equal(Recommender.load(old).score(t["user_id"], t["product_id"]),
+                                  Recommender.load(d).score(t["user_id"], t["product_id"]))
+    with tarfile.open(package_model(old, tmp_path / "model.tar.gz")) as tar:
+        names = tar.getnames()
+    assert "model_info.json" in names and not [n for n in names if n.lower().endswith("manifest.json")]
 
 
 def test_scores_equal_the_trained_network(trained):

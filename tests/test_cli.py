@@ -53,7 +53,7 @@ def test_train_prints_metrics_and_writes_a_model(tmp_path):
     m = json.loads(lines[0])
     assert {"train_mse", "test_mse", "hr_at_10", "ndcg_at_10", "train_rows_per_second"} <= set(m)
     assert m["train_rows_per_second"] > 0 and 0 <= m["hr_at_10"] <= 1
-    assert (tmp_path / "m" / "manifest.json").is_file()
+    assert (tmp_path / "m" / "model_info.json").is_file()
 
 
 def test_train_on_a_missing_dataset_exits_2(tmp_path):

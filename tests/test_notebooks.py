@@ -73,7 +73,7 @@ def test_notebook_02_after_01_on_october_sample(tmp_path):
     assert m["implicit"]["ndcg_at_10"] > m["popularity"]["ndcg_at_10"]
     assert m["event_score"]["hr_at_10"] < m["popularity"]["hr_at_10"]
     for d in ("model", "model_implicit"):
-        assert (tmp_path / d / "manifest.json").is_file()
+        assert (tmp_path / d / "model_info.json").is_file()
     for fig in ("02_train_test_mse.png", "02_two_users_scatter.png", "02_ranking.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 5_000
 

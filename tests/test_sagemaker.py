@@ -43,15 +43,25 @@ def pairs(job):
 def test_training_job_tree_contract_and_artifact(job):
     root = job.root
     hps = json.loads((root / "input/config/hyperparameters.json").read_text())
-    assert hps == {k: json.dumps(v) for k, v in HP.items()}
+    user = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
+    assert user == {k: json.dumps(v) for k, v in HP.items()}  # the SDK's encoding
+    assert json.loads(hps["sagemaker_program"]) == ENTRY_POINT
+    submit = Path(json.loads(hps["sagemaker_submit_directory"]))
+    with tarfile.open(submit) as tar:  # the SDK's sourcedir.tar.gz: the bundle at the root
+        assert sorted(n for n in tar.getnames() if "/" not in n) == ["recommender.py", "recsys", "requirements.txt"]
     assert (root / "input/data/train" / OCT.name).exists()
     assert (root / "output/success").exists() and not (root / "output/failure").exists()
     assert job.command == ["recommender.py", "--epochs", "2", "--lr", "0.02", "--momentum", "0.9",
                            "--num_embeddings", "16", "--opt", "sgd", "--wd", "0.0"]
+    # the real training toolkit ran the entry point, with exactly these arguments, after its pip step
+    log = "\n".join(job.logs)
+    assert "Installing dependencies from requirements.txt" in log and "Reporting training SUCCESS" in log
+    assert f"-- {' '.join(job.command)}" in log
     assert any("prepared:" in line for line in job.logs)
+    assert (root / "code" / ENTRY_POINT).is_file()  # unpacked by the toolkit from sourcedir.tar.gz
     with tarfile.open(job.model_data) as tar:
         names = sorted(tar.getnames())
-    assert names == sorted(["config.json", "item_popularity.npy", "manifest.json", "model.params",
+    assert names == sorted(["config.json", "item_popularity.npy", "model_info.json", "model.params",
                             "product_ids.npy", "user_ids.npy"])
     assert job.metrics["rows_malformed"] == 1 and job.metrics["users_kept"] == 882
 
@@ -59,6 +69,22 @@ def test_training_job_tree_contract_and_artifact(job):
 def test_cli_args_follow_the_training_toolkit():
     hps = {"b": json.dumps(True), "a": json.dumps([1, 2]), "opt": json.dumps("sgd"), "sagemaker_program": json.dumps("x")}
     assert _cli_args(hps) == ["--a", "[1, 2]", "--b", "True", "--opt", "sgd"]
+
+
+def test_bad_hyperparameter_message_reaches_failure(tmp_path):
+    """argparse's exit(2) would give FailureReason 'ExecuteUserScriptError: ExitCode 2 ErrorMessage ""'."""
+    with pytest.raises(TrainingJobError, match="--epochs: invalid int value: 'ten'"):
+        run_training_job({**HP, "epochs": "ten"}, {"train": [OCT]}, tmp_path, job_name="bad-hp", log=lambda _: None)
+    failure = (tmp_path / "bad-hp/output/failure").read_text()
+    assert failure == "HyperparameterError: argument --epochs: invalid int value: 'ten'"
+
+
+def test_entry_point_exits_2_on_a_bad_hyperparameter(tmp_path, monkeypatch):
+    from recsys.sagemaker import entry
+
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(tmp_path))
+    assert entry.main(["--lr", "fast"]) == 2
+    assert (tmp_path / "failure").read_text() == "HyperparameterError: argument --lr: invalid float value: 'fast'"
 
 
 def test_failing_job_leaves_failure_and_raises(tmp_path):
@@ -80,13 +106,15 @@ def test_entry_point_accepts_json_encoded_values():
 
 def test_ping_and_invocations(endpoint, pairs):
     rec, users, products = pairs
-    assert requests.get(endpoint.url + "/ping", timeout=5).status_code == 200
+    ping = requests.get(endpoint.url + "/ping", timeout=5)
+    assert ping.status_code == 200 and ping.json() == {"status": "Healthy"}  # the real stack's body
     body = "\n".join(f"{u},{p}" for u, p in zip(users, products))
     r = requests.post(endpoint.url + "/invocations", data=body, headers={"Content-Type": "text/csv", "Accept": "text/csv"}, timeout=5)
     assert r.status_code == 200 and r.headers["Content-Type"] == "text/csv"
     np.testing.assert_allclose([float(x) for x in r.text.split()], rec.score(users, products), rtol=1e-6)
     r = requests.post(endpoint.url + "/invocations", data="oops", headers={"Content-Type": "text/csv"}, timeout=5)
     assert r.status_code == 400 and r.text.count("\n") == 1 and "Traceback" not in r.text
+    assert "Content-Type" not in r.headers and r.reason == r.text.strip()  # the inference toolkit's error shape
 
 
 def test_boto3_invoke_endpoint_equals_in_process_scores(endpoint, pairs):

@@ -132,6 +132,8 @@ def _parse_json(text: str, content_type: str) -> Request:
             obj = json.loads(obj)
     except (ValueError, TypeError) as e:
         raise RequestError(400, f"body is not valid JSON: {str(e).splitlines()[0]}") from None
+    except RecursionError:  # e.g. 100,000 nested "[": the parser's stack, not a server fault
+        raise RequestError(400, "body is not valid JSON: nested too deeply") from None
     if isinstance(obj, dict):
         if "user_id" not in obj or "product_id" not in obj:
             raise RequestError(400, 'JSON object needs "user_id" and "product_id"')
@@ -197,6 +199,10 @@ def _parse_csv(text: str) -> Request:
     return Request(users, products, present, CSV)
 
 
+def too_large(nbytes: int) -> RequestError:
+    return RequestError(413, f"body of {nbytes} bytes is over the {MAX_BODY_BYTES} byte limit")
+
+
 def input_fn(input_data, content_type):
     """Parse a request body (``str`` for JSON and CSV, ``bytes`` otherwise) into a :class:`Request`."""
     ctype = _media_type(content_type) or JSON
@@ -204,7 +210,7 @@ def input_fn(input_data, content_type):
         raise RequestError(415, f"unsupported content type {content_type!r}; use {', '.join(CONTENT_TYPES)}")
     if isinstance(input_data, (bytes, bytearray, memoryview)):
         if len(input_data) > MAX_BODY_BYTES:
-            raise RequestError(413, f"body of {len(input_data)} bytes is over the {MAX_BODY_BYTES} byte limit")
+            raise too_large(len(input_data))
         try:
             text = bytes(input_data).decode("utf-8")
         except UnicodeDecodeError:
@@ -212,7 +218,7 @@ def input_fn(input_data, content_type):
     else:
         text = str(input_data)
         if len(text) > MAX_BODY_BYTES:
-            raise RequestError(413, f"body is over the {MAX_BODY_BYTES} byte limit")
+            raise too_large(len(text.encode("utf-8")))
     if not text.strip():
         raise RequestError(400, "empty request body")
     if ctype == CSV:
@@ -269,7 +275,7 @@ def handle(model, body: bytes, content_type, accept, handlers=None, default_acce
     accept = effective_accept(accept, default_accept)
     check_accept(accept)
     if len(body) > MAX_BODY_BYTES:
-        raise RequestError(413, f"body of {len(body)} bytes is over the {MAX_BODY_BYTES} byte limit")
+        raise too_large(len(body))
     data = body
     if (content_type or "").strip().lower() in (JSON, CSV):  # exactly these types, no parameters
         try:

@@ -109,7 +109,9 @@ def _add_model_dir(tar, model_dir: Path, code_dir: Path | None = None) -> None:
         # a directory saved before the rename: its info file must not reach MMS as a manifest
         tar.add(p, arcname=INFO_FILE if p.name == LEGACY_INFO_FILE else p.name)
     if code_dir is not None:
-        tar.add(code_dir, arcname="code", filter=lambda t: None if "__pycache__" in t.name else t)
+        # serving needs no requirements.txt: the inference toolkit would pip-install it at every start
+        tar.add(code_dir, arcname="code",
+                filter=lambda t: None if "__pycache__" in t.name or t.name == "code/requirements.txt" else t)
 
 
 def _pack(model_dir: Path, tar_path: Path, code_dir: Path | None = None) -> Path:
@@ -267,55 +269,125 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.endpoint._lock:
                 self.server.endpoint._connections.discard(self.connection)
 
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
+    def _send(self, status: int, body: bytes, content_type: str | None, headers: dict | None = None,
+              reason: str | None = None) -> None:
+        self.send_response(status, reason)
+        if content_type:
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+    def _refuse(self, status: int, message: str, headers: dict | None = None) -> None:
+        """An error before the body is read, in the inference toolkit's shape (the message as reason
+        phrase and body, no Content-Type); then close (the unread body cannot be skipped)."""
+        self.close_connection = True
+        self._send(status, (message + "\n").encode(), None, headers, reason=message)
 
-    def do_GET(self):
-        if self.path.split("?")[0] == "/ping":
-            ok = self.server.endpoint.model is not None
-            self._send(200 if ok else 503, b"", "text/plain")
-        else:
-            self._send(404, b"not found\n", "text/plain")
+    def _content_length(self):
+        """The declared body length, or None after answering 400 / 413 / 411."""
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            if self.headers.get("Transfer-Encoding"):
+                self._refuse(411, "a Content-Length is required (chunked bodies are not accepted)")
+                return None
+            return 0
+        try:
+            length = int(raw)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._refuse(400, f"invalid Content-Length {raw[:40]!r}")
+            return None
+        if length > serving.MAX_BODY_BYTES:
+            self._refuse(413, serving.too_large(length).message)
+            return None
+        return length
 
-    def do_POST(self):
+    def _route(self):
+        """``("ping" | "invocations" | "runtime", endpoint name or None)``, or None for an unknown path."""
         path = self.path.split("?")[0]
-        body = self._body()
-        ep = self.server.endpoint
+        if path == "/ping":
+            return "ping", None
         if path == "/invocations":
-            status, out, ctype = ep.invoke(body, self.headers.get("Content-Type"), self.headers.get("Accept"))
-            if status != 200:
-                out, ctype = (out + "\n").encode(), "text/plain"
-            self._send(status, out, ctype)
-            return
+            return "invocations", None
         parts = path.strip("/").split("/")
         if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "invocations":
-            name = parts[1]
-            if name != ep.name:
-                self._runtime_error(400, "ValidationError", {"Message": f"Endpoint {name} of account {ACCOUNT} not found."})
-                return
-            status, out, ctype = ep.invoke(body, self.headers.get("Content-Type"), self.headers.get("Accept"))
-            if status == 200:
-                self._send(200, out, ctype, {"x-Amzn-Invoked-Production-Variant": VARIANT})
+            return "runtime", parts[1]
+        return None
+
+    def _not_allowed(self, allow: str) -> None:
+        self._refuse(405, f"method {self.command} not allowed here; use {allow}", {"Allow": allow})
+
+    def do_GET(self):
+        route = self._route()
+        if route is None:
+            self._send(404, b"not found\n", "text/plain")
+        elif route[0] == "ping":
+            if self.server.endpoint.model is not None:
+                self._send(200, b'{\n  "status": "Healthy"\n}\n', "application/json")
             else:
-                kind = "client" if status < 500 else "server"
-                self._runtime_error(424, "ModelError", {
-                    "Message": f'Received {kind} error ({status}) from {VARIANT} with message "{out}". '
-                               f"See the endpoint's log for more information.",
-                    "OriginalStatusCode": status, "OriginalMessage": out,
-                    "LogStreamArn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{name}",
-                })
+                self._send(503, b'{\n  "status": "Unhealthy"\n}\n', "application/json")
+        else:
+            self._not_allowed("POST")
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        route = self._route()
+        if route is None:
+            self._refuse(404, "not found")
             return
-        self._send(404, b"not found\n", "text/plain")
+        if route[0] == "ping":
+            self._not_allowed("GET, HEAD")
+            return
+        ep = self.server.endpoint
+        if route[0] == "runtime" and route[1] != ep.name:
+            self.close_connection = True
+            self._runtime_error(400, "ValidationError", {"Message": f"Endpoint {route[1]} of account {ACCOUNT} not found."})
+            return
+        length = self._content_length()
+        if length is None:
+            return
+        if not ep._reserve(length):  # bounded memory: past the in-flight budget, ask the client to retry
+            self._refuse(503, "the endpoint is busy: too many bytes in flight, retry shortly", {"Retry-After": "1"})
+            return
+        try:
+            body = self.rfile.read(length) if length else b""
+            status, out, ctype = ep.invoke(body, self.headers.get("Content-Type"), self.headers.get("Accept"))
+            del body
+        finally:
+            ep._release(length)
+        if route[0] == "invocations":
+            if status == 200:
+                self._send(200, out, ctype)
+            else:  # the inference toolkit's shape: the message as reason phrase, no Content-Type
+                self._send(status, (out + "\n").encode(), None, reason=out)
+            return
+        if status == 200:
+            self._send(200, out, ctype, {"x-Amzn-Invoked-Production-Variant": VARIANT})
+        else:
+            kind = "client" if status < 500 else "server"
+            self._runtime_error(424, "ModelError", {
+                "Message": f'Received {kind} error ({status}) from {VARIANT} with message "{out}". '
+                           f"See the endpoint's log for more information.",
+                "OriginalStatusCode": status, "OriginalMessage": out,
+                "LogStreamArn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{ep.name}",
+            })
+
+    def _other_method(self):
+        route = self._route()
+        if route is None:
+            self._refuse(404, "not found")
+        else:
+            self._not_allowed("GET, HEAD" if route[0] == "ping" else "POST")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
 
     def _runtime_error(self, status: int, code: str, payload: dict) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json", {"x-amzn-ErrorType": code})
@@ -324,10 +396,20 @@ class _Handler(BaseHTTPRequestHandler):
 class LocalEndpoint:
     """A SageMaker-compatible endpoint on 127.0.0.1 for a ``model.tar.gz`` or a model directory."""
 
-    def __init__(self, model_data, name: str = "recsys-local", port: int = 0) -> None:
+    #: Request bodies held at once (each up to 6 MiB, parsed into a few times that): past this budget a
+    #: request gets 503 with Retry-After instead of memory. A body alone over the budget is still let in
+    #: when nothing else is in flight.
+    MAX_INFLIGHT_BYTES = 4 * serving.MAX_BODY_BYTES
+
+    def __init__(self, model_data, name: str = "recsys-local", port: int = 0,
+                 default_accept: str = DEFAULT_ACCEPT) -> None:
         self.model_data = Path(model_data)
         self.name = name
         self.port = port
+        self.default_accept = default_accept
+        self.inflight_bytes = 0
+        self.peak_inflight_bytes = 0
+        self.busy_refusals = 0
         self.model = None
         self.handlers = None
         self._server = None
@@ -387,13 +469,26 @@ class LocalEndpoint:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _reserve(self, nbytes: int) -> bool:
+        with self._lock:
+            if self.inflight_bytes and self.inflight_bytes + nbytes > self.MAX_INFLIGHT_BYTES:
+                self.busy_refusals += 1
+                return False
+            self.inflight_bytes += nbytes
+            self.peak_inflight_bytes = max(self.peak_inflight_bytes, self.inflight_bytes)
+            return True
+
+    def _release(self, nbytes: int) -> None:
+        with self._lock:
+            self.inflight_bytes -= nbytes
+
     # the request path
     def invoke(self, body: bytes, content_type, accept):
         """``(status, body, content type)``; errors as ``(4xx/5xx, one-line message, None)``."""
         with self._lock:
             self.requests += 1
         try:
-            out, ctype = serving.handle(self.model, body, content_type, accept, self.handlers)
+            out, ctype = serving.handle(self.model, body, content_type, accept, self.handlers, self.default_accept)
             return 200, out.encode() if isinstance(out, str) else out, ctype
         except serving.RequestError as e:
             status, message = e.status_code, e.message
@@ -429,18 +524,19 @@ class LocalEndpoint:
                          deserializer=deserializer or JSONDeserializer())
 
 
-def deploy_local(model, name: str = "recsys-local", port: int = 0) -> LocalEndpoint:
+def deploy_local(model, name: str = "recsys-local", port: int = 0, default_accept: str = DEFAULT_ACCEPT) -> LocalEndpoint:
     """Start a :class:`LocalEndpoint` for a :class:`TrainingJob` (repacked with its code under
     ``code/``, as the SDK's ``deploy()`` does), a ``model.tar.gz`` or a model directory."""
     if isinstance(model, TrainingJob):  # its model/ holds what model.tar.gz packs
         model = package_model(model.root / "model", model.root / "output" / "model-deploy.tar.gz", model.root / "code")
-    return LocalEndpoint(model, name=name, port=port).start()
+    return LocalEndpoint(model, name=name, port=port, default_accept=default_accept).start()
 
 
 def package_model(model_dir, tar_path, source_dir=None) -> Path:
-    """``model.tar.gz`` of a model directory with the bundle under ``code/``, as ``deploy()`` repacks it."""
+    """``model.tar.gz`` of a model directory with the serving code under ``code/`` (the bundle, or
+    ``source_dir``, without ``requirements.txt``), as the kit's ``deploy()`` has it repacked."""
     tar_path = Path(tar_path)
     tar_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        code = Path(source_dir) if source_dir else build_bundle(Path(tmp) / "code")
+        code = Path(source_dir) if source_dir else build_bundle(Path(tmp) / "code", serving=True)
         return _pack(Path(model_dir), tar_path, code)
