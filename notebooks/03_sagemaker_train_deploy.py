@@ -47,6 +47,7 @@ lr = 0.02
 momentum = 0.9
 wd = 0.0
 endpoint_name = "recsys-lab"
+delete_endpoint = None  # None: the local endpoint stops here; a real one (mode="aws") stays for notebook 04
 latency_requests = 200
 output_dir = "outputs"
 # mode="aws" only
@@ -196,6 +197,10 @@ pd.Series(latency).round(2)
 
 # %% [markdown]
 # ## 5. Record, then clean up
+#
+# A local endpoint stops here. A real one (`mode="aws"`) stays up for notebook 04, which calls it
+# from SQL and deletes it (endpoint, configuration, model) at its end, the workshop's clean-up step;
+# set `delete_endpoint=True` to delete it here instead.
 
 # %%
 metrics = {
@@ -212,8 +217,13 @@ path = write_metrics("03_sagemaker_train_deploy", metrics, out)
 print("saved", paths.display(path, root))
 
 # %%
+keep = (mode == "aws") if delete_endpoint is None else not delete_endpoint
 if mode == "local":
     endpoint.stop()
+    print("local endpoint stopped")
+elif keep:
+    print(f"endpoint {predictor.endpoint_name} keeps running (and costing money): notebook 04 calls it and deletes "
+          f"it at its end; to delete it now, run aws.cleanup(predictor)")
 else:
     aws.cleanup(predictor)  # deletes the endpoint, its configuration and the model
-print("endpoint deleted")
+    print(f"endpoint {predictor.endpoint_name}, its configuration and its model deleted")

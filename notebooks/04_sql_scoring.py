@@ -37,6 +37,7 @@ model = "outputs/model"  # the local endpoint serves this model (notebook 02's);
 endpoint_name = "recsys-lab"
 mode = "local"  # "aws": call the real endpoint `endpoint_name` and create the Aurora function
 region = None
+delete_endpoint = None  # aws mode: None or True deletes the endpoint, its configuration and model at the end
 cross_join_limit = 100_000
 max_batch_size = 10_000
 top_n = 5
@@ -133,7 +134,7 @@ plots.save(fig, out / "figures" / "04_score_distribution.png")
 plt.show()
 
 # %% [markdown]
-# ## 6. Record and stop the local endpoint
+# ## 6. Record, then stop the local endpoint (or delete the real one)
 
 # %%
 metrics = {
@@ -151,4 +152,8 @@ metrics = {
 path = write_metrics("04_sql_scoring", metrics, out)
 if endpoint is not None:
     endpoint.stop()
+elif delete_endpoint is not False:  # the workshop's clean-up: a real endpoint costs money while it exists
+    from recsys.sagemaker import aws
+
+    print("deleted:", ", ".join(aws.delete_endpoint(endpoint_name, aws.session(region))) or "nothing (no such endpoint)")
 print("saved", paths.display(path, root))

@@ -1,9 +1,9 @@
 """``mode="aws"``: the real SageMaker Python SDK v2 (``sagemaker<3``: v3 has no MXNet estimator).
 
 Nothing here calls AWS until a notebook cell asks for it (``fit``, ``deploy``, upload); without
-credentials those calls fail with the SDK's own error. What can be checked offline is: the
-estimator's arguments (:func:`make_estimator`) and the file bundle the container receives
-(:mod:`.bundle`), both covered by tests.
+credentials those calls fail with the SDK's own error. Offline, the tests run notebooks 03 and 04
+in ``mode="aws"`` against a local AWS API (a moto server) with the data plane routed to a local
+endpoint (``tests/test_aws_mode.py``), so every call here runs for real, against 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -61,14 +61,27 @@ def upload_training_data(sagemaker_session, files, bucket: str, prefix: str) -> 
     return f"s3://{bucket}/{prefix}/train/"
 
 
+#: The model's environment on the endpoint. The inference toolkit replaces a missing or ``*/*`` Accept
+#: with this before ``output_fn`` runs (its own default is JSON); Aurora's Accept is undocumented, so
+#: an Aurora call without one gets CSV, one score per row, as Aurora reads it. Callers that want JSON
+#: say so (the SDK's JSON deserializer sends ``Accept: application/json``).
+ENDPOINT_ENV = {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "text/csv"}
+
+
 def deploy(estimator, instance_type: str = DEPLOY_INSTANCE_TYPE, endpoint_name: str | None = None):
-    """``estimator.deploy(...)`` with JSON in and out (SDK v2; the seed's ``serializer = None``
-    no longer works)."""
+    """``estimator.deploy(...)`` with the serving bundle as the model's code (no ``requirements.txt``,
+    which the inference container would pip-install at every start), :data:`ENDPOINT_ENV`, and
+    JSON in and out for the returned predictor (SDK v2; the seed's ``serializer = None`` no longer works)."""
+    import tempfile
+
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.serializers import JSONSerializer
 
-    return estimator.deploy(initial_instance_count=1, instance_type=instance_type, endpoint_name=endpoint_name,
-                            serializer=JSONSerializer(), deserializer=JSONDeserializer())
+    with tempfile.TemporaryDirectory() as tmp:
+        serving = build_bundle(Path(tmp) / "serving", serving=True)
+        return estimator.deploy(initial_instance_count=1, instance_type=instance_type, endpoint_name=endpoint_name,
+                                serializer=JSONSerializer(), deserializer=JSONDeserializer(),
+                                entry_point=ENTRY_POINT, source_dir=str(serving), env=dict(ENDPOINT_ENV))
 
 
 def cleanup(predictor) -> None:
@@ -77,3 +90,30 @@ def cleanup(predictor) -> None:
         predictor.delete_model()
     finally:
         predictor.delete_endpoint(delete_endpoint_config=True)
+
+
+def delete_endpoint(endpoint_name: str, sagemaker_session=None) -> list:
+    """Delete an endpoint by name, with its configuration and models (notebook 04's clean-up, for the
+    endpoint notebook 03 left running). Returns what was deleted; nothing when it does not exist."""
+    from botocore.exceptions import ClientError
+
+    sm = (sagemaker_session or session()).sagemaker_client
+    try:
+        config_name = sm.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+    except ClientError:
+        return []
+    deleted = [f"endpoint {endpoint_name}"]
+    sm.delete_endpoint(EndpointName=endpoint_name)
+    try:
+        variants = sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+        sm.delete_endpoint_config(EndpointConfigName=config_name)
+        deleted.append(f"endpoint config {config_name}")
+    except ClientError:
+        variants = []
+    for v in variants:
+        try:
+            sm.delete_model(ModelName=v["ModelName"])
+            deleted.append(f"model {v['ModelName']}")
+        except ClientError:
+            pass
+    return deleted
