@@ -200,6 +200,29 @@ def test_bundle_files_requirements_and_python38(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_serving_bundle_has_no_requirements(tmp_path):
+    d = build_bundle(tmp_path / "serving", serving=True)
+    assert "requirements.txt" not in bundle_files(d) and ENTRY_POINT in bundle_files(d)
+
+
+def test_bundle_requirements_keep_numpy_below_124_on_the_containers_python38(tmp_path):
+    """What the training container's pip step resolves on Python 3.8 (next to mxnet 1.9.1) must keep
+    NumPy < 1.24: pandas 2.0 alone would pull NumPy 1.24.4, and `import mxnet` fails on np.bool."""
+    def resolve(requirements):
+        report = tmp_path / "report.json"
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                            "--python-version", "3.8", "--only-binary=:all:", "--target", str(tmp_path / "t"),
+                            "--report", str(report), "mxnet==1.9.1", *requirements], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+
+    got = resolve(REQUIREMENTS)
+    assert tuple(int(x) for x in got["numpy"].split(".")[:2]) < (1, 24), got["numpy"]
+    assert {"pandas", "pyarrow", "tqdm"} <= set(got)
+    unbounded = resolve([r for r in REQUIREMENTS if not r.startswith("numpy")])  # the check can fail
+    assert tuple(int(x) for x in unbounded["numpy"].split(".")[:2]) >= (1, 24)
+
+
 def test_entry_point_imports_from_the_bundle_alone(tmp_path):
     d = build_bundle(tmp_path / "bundle")
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import recommender, recsys; "
