@@ -49,7 +49,7 @@ from recsys.seeding import seed_everything
 
 seed_everything(seed)
 root = paths.project_root()
-files = [paths.resolve(f, root) for f in input_files]
+files = paths.input_paths(input_files, root)
 out = paths.resolve(output_dir, root)
 prepared_dir = out / "prepared"
 figures = out / "figures"
@@ -109,10 +109,16 @@ prepared.quantiles
 # ## 4. Filter: users and products with at least the minimum number of events
 #
 # Both counts are taken once on the raw data, as the seed's two merges do (not an iterated
-# k-core), so a kept user can keep fewer rows than the minimum once rare products are gone.
+# k-core). A row is kept when its user **and** its product pass, so a user with enough events can
+# still lose every row, when all of them are on rare products: the user count in the figure above
+# (users with enough events) is larger than the number of users kept. Each bar below carries its
+# count and the share kept.
 
 # %%
 s = prepared.summary
+print(f"users with >= {min_user_events} events: {s['users_with_min_events']:,}; of those, "
+      f"{s['users_with_min_events'] - s['users_kept']:,} have no event left on a product with >= {min_product_events} "
+      f"events, so {s['users_kept']:,} users are kept")
 before = {"users": s["users_total"], "products": s["products_total"], "rows": s["rows_valid"]}
 after = {"users": s["users_kept"], "products": s["products_kept"], "rows": s["rows_kept"]}
 fig = plots.funnel(before, after)
@@ -137,11 +143,15 @@ prepared.products.head()
 # Test = the last event of each user in time order. Train = every kept row whose
 # (user, product) pair is **not** a test pair, so the model never sees a test pair in training.
 # Users whose every event is on their test product have no training row; they are counted.
+# Train + test is less than the kept rows: the earlier rows on a user's test product (views
+# before the final event, say) are dropped, because training on them would give the answer away.
 
 # %%
 train, test = prepared.train, prepared.test
 leak = train.merge(test[["user", "item"]], on=["user", "item"]).shape[0]
-print(f"train {len(train):,} rows, test {len(test):,} rows, test pairs found in train: {leak}")
+print(f"kept {s['rows_kept']:,} rows = train {len(train):,} + test {len(test):,} "
+      f"+ {s['rows_dropped_as_test_pairs']:,} earlier rows on a user's test product (dropped: they would leak the answer)")
+print(f"test pairs found in train: {leak}")
 print(f"test users without any training row: {s['test_users_without_train_rows']:,}")
 test.head()
 
@@ -157,6 +167,8 @@ metrics = {k: s[k] for k in SUMMARY_KEYS}
 metrics.update(
     rows_valid=s["rows_valid"],
     test_users_without_train_rows=s["test_users_without_train_rows"],
+    users_with_min_events=s["users_with_min_events"],
+    rows_dropped_as_test_pairs=s["rows_dropped_as_test_pairs"],
     min_user_events=min_user_events,
     min_product_events=min_product_events,
     event_type_counts=read_report.event_type_counts,

@@ -32,8 +32,8 @@
 
 # %% tags=["parameters"]
 db_url = None  # default: sqlite:///outputs/recsys.sqlite; e.g. "mysql+pymysql://user:pass@host:3306/ecommerce"
-prepared_dir = "outputs/prepared"
-model = "outputs/model"  # the local endpoint serves this model (notebook 02's); or a model.tar.gz
+prepared_dir = None  # None: notebook 01's output, output_dir/prepared
+model = None  # None: notebook 02's best ranking model, output_dir/model_best; or any model directory or model.tar.gz
 endpoint_name = "recsys-lab"
 mode = "local"  # "aws": call the real endpoint `endpoint_name` and create the Aurora function
 region = None
@@ -56,7 +56,8 @@ from recsys.report import write_metrics
 
 root = paths.project_root()
 out = paths.resolve(output_dir, root)
-prepared = Prepared.load(paths.resolve(prepared_dir, root))
+prepared = Prepared.load(paths.resolve(prepared_dir, root) if prepared_dir else out / "prepared")
+model_path = paths.resolve(model, root) if model else out / "model_best"
 eng = sql.engine(db_url, out)
 print("database:", eng.dialect.name, "(default SQLite file under outputs/)" if db_url is None else "")
 
@@ -82,7 +83,9 @@ print(sql.aurora_function_sql(endpoint_name))
 if mode == "local":
     from recsys.sagemaker.local import LocalEndpoint
 
-    endpoint = LocalEndpoint(paths.resolve(model, root), name=endpoint_name).start()
+    endpoint = LocalEndpoint(model_path, name=endpoint_name).start()
+    print(f"serving {paths.display(model_path, root)}: {endpoint.model.recommender.config['hyperparameters'].get('objective')} "
+          "objective (set model to another model directory or model.tar.gz to serve it instead)")
     call = sql.RuntimeInvoker(endpoint.runtime_client(), endpoint_name)
 else:
     endpoint = None
@@ -121,14 +124,27 @@ top = pd.DataFrame(sql.top_n(eng, top_n))
 first_users = top["user_id"].drop_duplicates().head(show_users)
 top[top["user_id"].isin(first_users)]
 
+# %% [markdown]
+# How to read `recommend_score`: it is the model's raw score, the dot product of the user's and
+# the product's tower outputs. With the implicit (BPR) objective of `model_best` only the order of
+# a user's scores matters (higher: more likely to interact), not the value: scores are not
+# probabilities and not event types 1-4. (The seed's `event_score` model in `outputs/model` does
+# regress on event types 1-4; its ReLU towers put many scores at exactly 0.) The histogram shows
+# the spread over all scored pairs, with the share at exactly 0 printed below.
+
 # %%
 with eng.connect() as conn:
     scores = pd.read_sql(sa.text("SELECT recommend_score FROM predict WHERE recommend_score IS NOT NULL"), conn)
+values = scores["recommend_score"]
+print(f"{len(values):,} known pairs: median {values.median():.3f}, 5%-95% {values.quantile(0.05):.3f} to "
+      f"{values.quantile(0.95):.3f}, exactly 0: {(values == 0).mean():.1%}")
 fig, ax = plt.subplots(figsize=(6.5, 3.2))
-ax.hist(scores["recommend_score"], bins=60, color="#4C72B0")
-ax.set_xlabel("recommend_score")
+ax.hist(values, bins=60, color="#4C72B0")
+ax.axvline(values.median(), color="#C44E52", ls="--", lw=1, label=f"median {values.median():.2f}")
+ax.set_xlabel("recommend_score (the model's raw score; higher ranks first)")
 ax.set_ylabel("pairs")
-ax.set_title(f"scores of the {len(scores):,} known pairs in predict")
+ax.set_title(f"scores of the {len(values):,} known pairs in predict")
+ax.legend(fontsize=8)
 fig.tight_layout()
 plots.save(fig, out / "figures" / "04_score_distribution.png")
 plt.show()
@@ -147,6 +163,8 @@ metrics = {
     "pairs_per_second": r["pairs_per_second"],
     "unknown_pairs": r["unknown_pairs"],
     "top_n": top_n,
+    "model": paths.display(model_path, root) if mode == "local" else endpoint_name,
+    "score_zero_share": float((values == 0).mean()),
     "top_n_first_user": top[top["user_id"] == first_users.iloc[0]][["product_id", "recommend_score"]].to_dict("records"),
 }
 path = write_metrics("04_sql_scoring", metrics, out)

@@ -32,6 +32,20 @@ def test_has_parameters_cell_and_no_outputs_committed(py):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_parse_cleanly(py, caplog):
+    """papermill reads every parameter (a second '=' on a line, even in a comment, makes it skip the line
+    with an "Unable to parse line" warning, and the parameter is then unknown to the runner)."""
+    import logging
+
+    import papermill
+
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        params = papermill.inspect_notebook(str(py.with_suffix(".ipynb")))
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert "output_dir" in params
+
+
 def run_notebook(name, out_dir, **params):
     """Execute a notebook the way `make run-all` does (papermill, the kit's kernel, scrubbed)."""
     from recsys.runner import run

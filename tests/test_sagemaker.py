@@ -261,5 +261,6 @@ def test_serve_cli_starts_and_stops(job, tmp_path):
         assert requests.get(info["url"] + "/ping", timeout=5).status_code == 200
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and json.loads(out.strip().splitlines()[-1])["stopped"] == "recsys-local"
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out == ""  # stdout: exactly the one JSON line read above
+    assert json.loads(err.strip().splitlines()[-1])["stopped"] == "recsys-local"

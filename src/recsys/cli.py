@@ -1,16 +1,87 @@
 """The ``recsys`` command: the lab's steps without notebooks.
 
-Results go to stdout as one JSON line; progress and warnings go to stderr. Known input
-problems exit with status 2 and a one-line message, never a traceback.
+Results go to stdout as exactly one JSON line; progress, epoch lines and warnings go to stderr.
+Bad input (a missing, damaged or wrong file, a bad value, an unreachable database or endpoint)
+exits with status 2 and one line ``recsys COMMAND: error: ...``, never a traceback. Commands that
+write a directory refuse a non-empty one unless ``--force``, and write it completely or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from .constants import DEFAULT_MIN_PRODUCT_EVENTS, DEFAULT_MIN_USER_EVENTS, DEFAULT_SEED
+
+
+class UsageError(ValueError):
+    """A bad argument combination or target, found before any work starts."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) and the defaults shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (0-65535; 0 picks a free one)")
+    return port
+
+
+def _check_target(path: str, force: bool, what: str) -> Path:
+    """Refuse a target that is a file or a non-empty directory (unless ``force``), and one that
+    cannot be written; before any work is done."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{what} {target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise UsageError(f"{what} {target} is not empty: pass --force to replace it")
+    parent = target.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as e:
+        raise UsageError(f"{what} {target}: cannot write in {parent} ({e.strerror or e})") from None
+    return target
+
+
+@contextlib.contextmanager
+def _replace_dir(target: Path):
+    """Write into a fresh sibling directory; swap it in only when the block succeeds."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.resolve().parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _cmd_synth(args) -> dict:
@@ -24,23 +95,28 @@ def _cmd_synth(args) -> dict:
 def _cmd_prepare(args) -> dict:
     from .prepare import SUMMARY_KEYS, prepare_files
 
-    prepared = prepare_files(args.inputs, out_dir=args.out, min_user_events=args.min_user_events,
-                             min_product_events=args.min_product_events, progress=not args.quiet)
+    target = _check_target(args.out, args.force, "--out")
+    with _replace_dir(target) as tmp:
+        prepared = prepare_files(args.inputs, out_dir=tmp, min_user_events=args.min_user_events,
+                                 min_product_events=args.min_product_events, progress=not args.quiet)
     read = prepared.summary.get("read", {})
     for f in read.get("files", []):
         if f["rows_malformed"]:
             shown = ", ".join(f"line {n}: {r}" for n, r in f["malformed_examples"][:5])
-            print(f"warning: {f['path']}: {f['rows_malformed']} malformed row(s) skipped [{shown}]", file=sys.stderr)
+            _err(f"warning: {f['path']}: {f['rows_malformed']} malformed row(s) skipped [{shown}]")
     return {k: prepared.summary[k] for k in SUMMARY_KEYS}
 
 
 def _cmd_train(args) -> dict:
     from .prepare import Prepared
-    from .training import HYPERPARAMETERS, train_and_save
+    from .training import HYPERPARAMETERS, TrainConfig, train_and_save
 
+    hyperparameters = {k: getattr(args, k) for k in HYPERPARAMETERS}
+    TrainConfig(**hyperparameters, ctx=args.ctx).validate()  # a bad value fails before anything is read
+    target = _check_target(args.model_dir, args.force, "--model-dir")
     prepared = Prepared.load(args.prepared_dir)
-    _, metrics = train_and_save(prepared, args.model_dir, progress=not args.quiet, ctx=args.ctx,
-                                **{k: getattr(args, k) for k in HYPERPARAMETERS})
+    with _replace_dir(target) as tmp:
+        _, metrics = train_and_save(prepared, tmp, progress=not args.quiet, ctx=args.ctx, log=_err, **hyperparameters)
     return {**metrics, "model_dir": str(args.model_dir)}
 
 
@@ -59,7 +135,8 @@ def _cmd_serve(args) -> dict:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     ep.stop()
-    return {"stopped": ep.name, "requests": ep.requests, "errors": ep.errors}
+    _err(json.dumps({"stopped": ep.name, "requests": ep.requests, "errors": ep.errors}, sort_keys=True))
+    return None
 
 
 def _cmd_sql_score(args) -> dict:
@@ -72,23 +149,26 @@ def _cmd_sql_score(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recsys", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="recsys", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("synth", help="write a synthetic REES46-schema CSV (.csv or .csv.gz)")
-    s.add_argument("--rows", type=int, required=True)
-    s.add_argument("--users", type=int, default=None, help="default: rows/15")
-    s.add_argument("--products", type=int, default=None, help="default: rows/40")
-    s.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    s.add_argument("--out", required=True)
+    s.add_argument("--rows", type=int, required=True, help="number of event rows")
+    s.add_argument("--users", type=int, default=None, help="number of users (default: rows/15)")
+    s.add_argument("--products", type=int, default=None, help="number of products (default: rows/40)")
+    s.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (same seed, same bytes)")
+    s.add_argument("--out", required=True, help="output file; .gz compresses")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("prepare", help="read, filter, index and split REES46 CSVs into a prepared dataset")
-    s.add_argument("inputs", nargs="+", metavar="INPUT")
-    s.add_argument("--out", required=True, help="output directory (Parquet + summary.json)")
-    s.add_argument("--min-user-events", type=int, default=DEFAULT_MIN_USER_EVENTS)
-    s.add_argument("--min-product-events", type=int, default=DEFAULT_MIN_PRODUCT_EVENTS)
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="REES46 event CSVs (.csv or .csv.gz)")
+    s.add_argument("--out", required=True, help="output directory (Parquet files + summary.json)")
+    s.add_argument("--min-user-events", type=int, default=DEFAULT_MIN_USER_EVENTS,
+                   help="keep users with at least this many events")
+    s.add_argument("--min-product-events", type=int, default=DEFAULT_MIN_PRODUCT_EVENTS,
+                   help="keep products with at least this many events")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_prepare)
 
@@ -96,55 +176,85 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = TrainConfig()
     s = sub.add_parser("train", help="train the MF model on a prepared dataset and save a model directory")
-    s.add_argument("prepared_dir", metavar="PREPARED_DIR")
-    s.add_argument("--model-dir", required=True)
-    s.add_argument("--epochs", type=int, default=d.epochs)
-    s.add_argument("--num-embeddings", type=int, default=d.num_embeddings)
-    s.add_argument("--batch-size", type=int, default=d.batch_size)
-    s.add_argument("--opt", default=d.opt, help="any MXNet optimizer name (default: sgd)")
-    s.add_argument("--lr", type=float, default=d.lr)
-    s.add_argument("--momentum", type=float, default=d.momentum)
-    s.add_argument("--wd", type=float, default=d.wd)
-    s.add_argument("--dropout", type=float, default=d.dropout)
-    s.add_argument("--init-magnitude", type=float, default=d.init_magnitude)
-    s.add_argument("--objective", choices=("event_score", "implicit"), default=d.objective)
+    s.add_argument("prepared_dir", metavar="PREPARED_DIR", help="a directory written by `recsys prepare`")
+    s.add_argument("--model-dir", required=True, help="output model directory")
+    s.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training rows")
+    s.add_argument("--num-embeddings", type=int, default=d.num_embeddings, help="embedding and tower width")
+    s.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per optimisation step")
+    s.add_argument("--opt", default=d.opt, help="any MXNet optimizer name")
+    s.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    s.add_argument("--momentum", type=float, default=d.momentum, help="momentum (sgd, nag)")
+    s.add_argument("--wd", type=float, default=d.wd, help="weight decay")
+    s.add_argument("--dropout", type=float, default=d.dropout, help="dropout after each tower")
+    s.add_argument("--init-magnitude", type=float, default=d.init_magnitude, help="Xavier initialisation magnitude")
+    s.add_argument("--objective", choices=("event_score", "implicit"), default=d.objective,
+                   help="event_score: the seed's L2 loss on event types; implicit: BPR with sampled negatives")
     s.add_argument("--embedding-grad", choices=("mean", "sum"), default=d.embedding_grad,
                    help="embedding rows step on the batch-mean gradient (the seed's) or per example")
-    s.add_argument("--ctx", default=d.ctx, help="auto (GPU if MXNet sees one), cpu, gpu, gpu:N")
-    s.add_argument("--seed", type=int, default=d.seed)
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--ctx", default=d.ctx, help="auto (a GPU that runs the MXNet wheel, else the CPU), cpu, gpu, gpu:N")
+    s.add_argument("--seed", type=int, default=d.seed, help="seeds Python, NumPy and MXNet")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --model-dir")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no epoch lines")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("serve", help="serve a model.tar.gz or model directory on 127.0.0.1 (SageMaker protocols)")
-    s.add_argument("model", metavar="MODEL")
-    s.add_argument("--port", type=int, default=8080, help="0 picks a free port (default: 8080, the container's)")
+    s.add_argument("model", metavar="MODEL", help="a model directory or a model.tar.gz")
+    s.add_argument("--port", type=_port, default=8080, help="TCP port on 127.0.0.1; 0 picks a free one")
     s.add_argument("--name", default="recsys-local", help="endpoint name for the Runtime API path")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("sql-score", help="CREATE TABLE predict SELECT *, recommend_score(...) FROM inputs, Aurora-style")
     s.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///outputs/recsys.sqlite or mysql+pymysql://...")
     s.add_argument("--endpoint", required=True, help="http://host:port of a local endpoint, or a SageMaker endpoint name")
-    s.add_argument("--source", default="inputs")
-    s.add_argument("--target", default="predict")
-    s.add_argument("--max-batch-size", type=int, default=10_000, help="rows per request (Aurora's default 10,000)")
-    s.add_argument("--region", default=None, help="AWS region for an endpoint name")
+    s.add_argument("--source", default="inputs", help="table of (user_id, product_id) rows to score")
+    s.add_argument("--target", default="predict", help="table to (re)create with the scores")
+    s.add_argument("--max-batch-size", type=int, default=10_000, help="rows per request (Aurora's default)")
+    s.add_argument("--region", default=None, help="AWS region for an endpoint name (default: the AWS configuration's)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sql_score)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
 def main(argv=None) -> int:
+    import tarfile
+
+    from botocore.exceptions import BotoCoreError, NoRegionError
+    from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+
     from .events import EventsFormatError
     from .prepare import EmptyDatasetError
     from .sql import ScoringError
 
     args = build_parser().parse_args(argv)
+    prefix = f"recsys {args.command}: error:"
     try:
         result = args.func(args)
-    except (EventsFormatError, EmptyDatasetError, FileNotFoundError, ValueError, ScoringError) as e:
-        print(f"recsys {args.command}: error: {e}", file=sys.stderr)
+    except NoRegionError:
+        _err(f"{prefix} an AWS region is needed for endpoint {getattr(args, 'endpoint', '')!r}: pass --region "
+             "or set AWS_DEFAULT_REGION")
         return 2
-    print(json.dumps(result, sort_keys=True))
+    except NoSuchTableError as e:
+        _err(f"{prefix} no table {e} in the database")
+        return 2
+    except SQLAlchemyError as e:  # unknown URL scheme, refused login, missing database, ...
+        _err(f"{prefix} database: {_one_line(getattr(e, 'orig', None) or e)}")
+        return 2
+    except BotoCoreError as e:
+        _err(f"{prefix} AWS: {_one_line(e)}")
+        return 2
+    except tarfile.TarError as e:
+        _err(f"{prefix} {getattr(args, 'model', '')}: not a model.tar.gz or model directory ({_one_line(e)})")
+        return 2
+    except (EventsFormatError, EmptyDatasetError, FileNotFoundError, ValueError, ScoringError, OSError) as e:
+        _err(f"{prefix} {_one_line(e)}")
+        return 2
+    if result is not None:
+        print(json.dumps(result, sort_keys=True))
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import zlib
 import io
 import os
 from pathlib import Path
@@ -37,6 +38,7 @@ from .constants import (
     EVENT_DIGITS,
     ID_COLUMNS,
     KNOWN_EVENT_TYPES,
+    RAW_COLUMNS,
     OTHER_EVENT_DIGIT,
     READ_COLUMNS,
     TIME_FORMAT,
@@ -341,6 +343,34 @@ def _line_of(good_index: int, skipped_sorted: List[int], first_data_line: int = 
     return line
 
 
+def _invalid_utf8(batch: pa.RecordBatch):
+    """``None`` when every text value is valid UTF-8 (the usual case, checked in C); else the batch with
+    the invalid values emptied and a ``(rows, READ_COLUMNS)`` boolean array marking them."""
+    bad = np.zeros((batch.num_rows, len(READ_COLUMNS)), bool)
+    columns = {}
+    for j, c in enumerate(READ_COLUMNS):
+        col = batch[c]
+        try:
+            col.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values = col.cast(pa.binary()).to_pylist()
+        for i, v in enumerate(values):
+            if v is not None:
+                try:
+                    v.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad[i, j] = True
+        columns[c] = pc.if_else(pa.array(bad[:, j]), pa.scalar("", pa.string()),
+                                pa.array([b"" if bad[i, j] else v for i, v in enumerate(values)], pa.binary()).cast(pa.string()))
+    if not columns:
+        return None
+    for c, col in columns.items():
+        batch = batch.set_column(batch.schema.get_field_index(c), c, col)
+    return batch, bad
+
+
 def _reason(batch: pa.RecordBatch, i: int) -> str:
     row = batch.slice(i, 1).to_pylist()[0]
     for c in ID_COLUMNS:
@@ -363,13 +393,19 @@ def _read_one(path: Path, cols: _Columns, bar) -> FileReport:
     "typed" (the same on one thread, line numbers known); a value that does not convert
     (letters in an id, a malformed time) sends the file to "text", which validates every value.
     """
-    header = read_header(path)
+    try:
+        header = read_header(path)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:  # BadGzipFile is an OSError
+        raise EventsFormatError(f"{path}: not a readable {'gzip-compressed ' if path.suffix == '.gz' else ''}"
+                                f"CSV file ({e})") from None
     check_header(path, header)
     mark, shown = cols.mark(), bar.n
     mode = "threaded"
     while True:
         try:
             return _read_pass(path, header, cols, bar, mode)
+        except (OSError, EOFError, zlib.error) as e:  # e.g. "Truncated compressed stream"
+            raise EventsFormatError(f"{path}: the file is damaged or cut short ({e}); nothing was prepared") from None
         except _Retry as retry:
             cols.rollback(mark)
             bar.n = shown
@@ -416,6 +452,8 @@ def _read_pass(path: Path, header, cols: _Columns, bar, mode: str) -> FileReport
                 strings_can_be_null=typed,
                 quoted_strings_can_be_null=typed,
                 timestamp_parsers=[TIME_FORMAT, TIME_FORMAT[:-4]],
+                # the text pass checks UTF-8 per row (a Latin-1 byte makes one row malformed, not the file)
+                check_utf8=typed,
             ),
         )
     except pa.ArrowInvalid as e:
@@ -432,6 +470,9 @@ def _read_pass(path: Path, header, cols: _Columns, bar, mode: str) -> FileReport
             except pa.ArrowInvalid as e:
                 raise arrow_error(e) from None
             n = batch.num_rows
+            bad_text = None if typed else _invalid_utf8(batch)
+            if bad_text is not None:
+                batch, bad_text = bad_text
             if typed:
                 ok = pc.is_valid(batch["event_time"])
                 for c in ID_COLUMNS:
@@ -444,6 +485,8 @@ def _read_pass(path: Path, header, cols: _Columns, bar, mode: str) -> FileReport
                     ok = pc.and_(ok, _valid_id(batch[c]))
                 times = _parse_time(batch["event_time"])
                 ok = pc.and_(ok, pc.is_valid(times))
+                if bad_text is not None:
+                    ok = pc.and_(ok, pa.array(~bad_text.any(axis=1)))
                 # a blank line arrives as a row of empty fields
                 blank_cols = [pc.equal(pc.utf8_length(batch[c]), 0) for c in READ_COLUMNS]
             n_ok = pc.sum(ok).as_py() or 0
@@ -458,7 +501,12 @@ def _read_pass(path: Path, header, cols: _Columns, bar, mode: str) -> FileReport
                 n_blank = int(blank.sum())
                 skipped_sorted = sorted(skipped)
                 for i in np.flatnonzero(~ok.to_numpy(zero_copy_only=False) & ~blank):
-                    report._add_malformed(_line_of(yielded + int(i), skipped_sorted), _reason(batch, int(i)))
+                    if bad_text is not None and bad_text[i].any():
+                        c = READ_COLUMNS[int(np.flatnonzero(bad_text[i])[0])]
+                        reason = f"invalid UTF-8 in column {c} (field {RAW_COLUMNS.index(c) + 1})"
+                    else:
+                        reason = _reason(batch, int(i))
+                    report._add_malformed(_line_of(yielded + int(i), skipped_sorted), reason)
             if not typed:
                 batch = batch.set_column(batch.schema.get_field_index("event_time"), "event_time", times)
             if n_ok < n:
@@ -498,6 +546,8 @@ def read_events(paths: str | os.PathLike | Iterable[str | os.PathLike], progress
     if not paths:
         raise ValueError("no input files given")
     for p in paths:
+        if p.is_dir():
+            raise EventsFormatError(f"{p} is a directory: give the CSV files in it, e.g. {p}/*.csv.gz")
         if not p.is_file():
             raise FileNotFoundError(f"input file not found: {p}")
     cols = _Columns(lean=lean)

@@ -31,3 +31,14 @@ def display(path: str | os.PathLike, root: Path | None = None) -> str:
         return str(p.relative_to(root or project_root()))
     except ValueError:
         return p.name
+
+
+def input_paths(value, root: Path | None = None, name: str = "input_files") -> list:
+    """A notebook's list of input files, resolved; a plain string (a shell that ate the JSON quotes,
+    a single path) is refused with one line saying how to pass a list."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of file paths, not {value!r}: pass "
+                         f"-p {name} '[\"a.csv\", \"b.csv\"]' (JSON) or -p {name} a.csv,b.csv")
+    if not value:
+        raise ValueError(f"{name} is empty: give at least one REES46 CSV file")
+    return [resolve(str(f), root) for f in value]

@@ -33,7 +33,8 @@ def count_distributions(user_counts: np.ndarray, product_counts: np.ndarray, min
         ax.set_yscale("log")
         ax.axvline(cut, color="#C44E52", ls="--", label=f"min {cut} events")
         kept = int((counts >= cut).sum())
-        ax.set_title(f"events per {what}: {kept:,} of {len(counts):,} have >= {cut}")
+        ax.set_title(f"{kept:,} of {len(counts):,} {what}s have >= {cut} events\n(each count before the other filter)",
+                     fontsize=10)
         ax.set_xlabel(f"events per {what} (log)")
         ax.set_ylabel(f"{what}s (log)")
         ax.legend()
@@ -42,36 +43,48 @@ def count_distributions(user_counts: np.ndarray, product_counts: np.ndarray, min
 
 
 def funnel(before: dict, after: dict):
-    """Users / products / rows before and after the min-count filter."""
+    """Users / products / rows before and after the min-count filter, each bar labelled with its count."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
     labels = list(before)
     x = np.arange(len(labels))
-    ax.bar(x - 0.2, [before[k] for k in labels], 0.4, label="before filter", color="#8C8C8C")
-    ax.bar(x + 0.2, [after[k] for k in labels], 0.4, label="after filter", color="#4C72B0")
+    b1 = ax.bar(x - 0.2, [before[k] for k in labels], 0.4, label="before filter", color="#8C8C8C")
+    b2 = ax.bar(x + 0.2, [after[k] for k in labels], 0.4, label="after filter", color="#4C72B0")
+    ax.bar_label(b1, labels=[f"{before[k]:,}" for k in labels], fontsize=8)
+    ax.bar_label(b2, labels=[f"{after[k]:,}\n({after[k] / max(before[k], 1):.0%})" for k in labels], fontsize=8)
     ax.set_xticks(x, labels)
     ax.set_yscale("log")
-    ax.set_title("min-count filter")
-    ax.legend()
+    ax.set_ylabel("count (log scale)")
+    ax.set_ylim(top=max(before.values()) * 8)
+    ax.set_title("min-count filter: what is kept")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def training_curves(histories: dict):
-    """Train and test MSE per epoch, one line pair per run (``{"label": history}``)."""
+def training_curves(histories: dict, baseline: float | None = None):
+    """Train and test MSE per epoch, one line pair per run (``{"label": history}``), on a log scale
+    so that the last epochs stay readable, with the final values written at the line ends and the
+    constant (mean) predictor's test MSE as a reference line."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     for (label, history), color in zip(histories.items(), ("#4C72B0", "#DD8452", "#55A868", "#C44E52")):
         epochs = [h["epoch"] for h in history]
-        ax.plot(epochs, [h["train_mse"] for h in history], "-o", color=color, label=f"{label}: train")
-        ax.plot(epochs, [h["test_mse"] for h in history], "--s", color=color, label=f"{label}: test")
+        for key, style, what in (("train_mse", "-o", "train"), ("test_mse", "--s", "test")):
+            values = [h[key] for h in history]
+            ax.plot(epochs, values, style, color=color, label=f"{label}: {what}")
+            ax.annotate(f"{values[-1]:.2f}", (epochs[-1], values[-1]), textcoords="offset points", xytext=(6, 0),
+                        fontsize=8, color=color, va="center")
+    if baseline is not None:
+        ax.axhline(baseline, color="#333333", lw=1, ls=":", label=f"always the training mean: test {baseline:.2f}")
     ax.set_xticks(sorted({h["epoch"] for history in histories.values() for h in history}))
+    ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE (event_type_digit)")
+    ax.set_ylabel("MSE on event_type_digit (log scale)")
     ax.set_title("train vs test MSE per epoch")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
 
@@ -89,13 +102,16 @@ def prediction_scatter(x, y, xlabel: str, ylabel: str):
     return fig
 
 
-def ranking_bars(table):
-    """HR@10 and NDCG@10 per model (``table``: DataFrame indexed by model)."""
+def ranking_bars(table, columns=("hr_at_10", "ndcg_at_10")):
+    """HR@10 and NDCG@10 per model (``table``: DataFrame indexed by model), each bar labelled."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    table[["hr_at_10", "ndcg_at_10"]].plot.bar(ax=ax, color=["#4C72B0", "#DD8452"], rot=0)
-    ax.set_title("full-catalogue ranking on the leave-last-out test set")
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    table[list(columns)].plot.bar(ax=ax, color=["#4C72B0", "#DD8452", "#55A868", "#C44E52"][:len(columns)], rot=0)
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.3f", fontsize=7)
+    ax.set_title("full-catalogue ranking on the leave-last-out test set (ties count against the test item)")
     ax.set_ylabel("score")
+    ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return fig

@@ -50,6 +50,10 @@ SUMMARY_KEYS = (
 )
 
 
+class PreparedDataError(ValueError):
+    """A prepared dataset directory whose files cannot be read."""
+
+
 class EmptyDatasetError(ValueError):
     """Nothing is left to train on (no rows, or none pass the min-count filter)."""
 
@@ -119,18 +123,22 @@ class Prepared:
             raise FileNotFoundError(
                 f"{out} holds no prepared dataset (no summary.json): run notebook 01 or `recsys prepare` first"
             )
-        def interactions(name):  # Parquet has no second unit: it comes back as ms
-            df = pd.read_parquet(out / name)
+        def table(name):  # Parquet has no second unit: times come back as ms
+            try:
+                df = pd.read_parquet(out / name)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{out / name} is missing: prepare the dataset again") from None
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+                raise PreparedDataError(f"{out / name}: not a readable Parquet file ({str(e).splitlines()[0]}): "
+                                        "prepare the dataset again") from None
             return df.astype({"event_time": "datetime64[s]"}) if "event_time" in df else df
 
-        return cls(
-            train=interactions("train.parquet"),
-            test=interactions("test.parquet"),
-            users=pd.read_parquet(out / "users.parquet"),
-            products=pd.read_parquet(out / "products.parquet"),
-            quantiles=pd.read_parquet(out / "quantiles.parquet"),
-            summary=json.loads((out / "summary.json").read_text()),
-        )
+        try:
+            summary = json.loads((out / "summary.json").read_text())
+        except ValueError as e:
+            raise PreparedDataError(f"{out / 'summary.json'}: not valid JSON ({e}): prepare the dataset again") from None
+        return cls(train=table("train.parquet"), test=table("test.parquet"), users=table("users.parquet"),
+                   products=table("products.parquet"), quantiles=table("quantiles.parquet"), summary=summary)
 
 
 def count_quantiles(user_counts: pd.Series, product_counts: pd.Series, quantiles=QUANTILES) -> pd.DataFrame:
@@ -223,6 +231,10 @@ def prepare(
         "train_rows": int(len(train)),
         "test_rows": int(len(test)),
         "test_users_without_train_rows": int(n_users - np.count_nonzero(np.bincount(train[USER].to_numpy(), minlength=n_users))),
+        # users with enough events, before the product filter removes the rows on rare products
+        "users_with_min_events": int((u_cnt >= min_user_events).sum()),
+        # kept rows that repeat a user's test pair (user, product): left out of training, or they would leak the answer
+        "rows_dropped_as_test_pairs": int(rows_kept - len(train) - len(test)),
         "min_user_events": int(min_user_events),
         "min_product_events": int(min_product_events),
     }

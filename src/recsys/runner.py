@@ -12,9 +12,11 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
+from traitlets.config import Config
 
 from .paths import project_root
 
@@ -62,17 +64,31 @@ def run(name: str, out_dir: str | os.PathLike = "outputs", parameters: dict | No
     shown = out_dir.relative_to(root) if out_dir.is_relative_to(root) else out_dir
     params = {"output_dir": str(shown), **(parameters or {})}
     os.environ["RECSYS_PROGRESS"] = "1" if progress else "0"  # bars carry timings: keep them out
-    papermill.execute_notebook(str(src), str(dest), parameters=params, kernel_name=kernel, cwd=str(root),
-                               progress_bar=False, log_output=True)
+    known = set(papermill_parameters(src))
+    params = {k: v for k, v in params.items() if k in known}  # NB_ARGS go to the notebooks that declare them
+    with tempfile.TemporaryDirectory(prefix="recsys-kernel-") as sockets:
+        # the kernel talks to papermill over Unix sockets in a private folder, not plain TCP
+        config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        papermill.execute_notebook(str(src), str(dest), parameters=params, kernel_name=kernel, cwd=str(root),
+                                   progress_bar=False, log_output=True, config=config)
     scrub(dest, root)
     return dest
 
 
 def _value(text: str):
+    """A parameter value: JSON when it parses; ``[a,b]`` (JSON whose quotes a shell removed, as in
+    ``make run-all NB_ARGS='-p input_files ["a.csv","b.csv"]'``) or ``a,b`` as a list of strings;
+    else the text."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return text
+        pass
+    t = text.strip()
+    if t.startswith("[") and t.endswith("]"):
+        return [x.strip().strip("'\"") for x in t[1:-1].split(",") if x.strip()]
+    if "," in t:
+        return [x.strip() for x in t.split(",") if x.strip()]
+    return text
 
 
 def main(argv=None) -> int:
@@ -84,11 +100,36 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     names = args.names or [p.stem for p in notebooks()]
     params = {k: _value(v) for k, v in args.parameter}
+    from papermill.exceptions import PapermillExecutionError
+
+    declared = set()
+    for path in notebooks():
+        if path.stem in names:
+            declared |= set(papermill_parameters(path))
+    unknown = sorted(set(params) - declared)
+    if unknown:
+        print(f"python -m recsys.runner: error: no notebook has the parameter(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
     for name in names:
         print(f"=== {name}", flush=True)
-        dest = run(name, args.out, params)
+        try:
+            dest = run(name, args.out, params)
+        except PapermillExecutionError as e:  # one line, not papermill's page of traceback
+            print(f"{name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}", file=sys.stderr)
+            print(f"    the executed notebook, with the full error: {Path(args.out) / 'notebooks' / (name + '.ipynb')}",
+                  file=sys.stderr)
+            return 1
+        except FileNotFoundError as e:
+            print(f"python -m recsys.runner: error: {e}", file=sys.stderr)
+            return 2
         print(f"    -> {dest.relative_to(project_root()) if dest.is_relative_to(project_root()) else dest}")
     return 0
+
+
+def papermill_parameters(path: Path) -> dict:
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

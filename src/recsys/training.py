@@ -37,6 +37,7 @@ Gluon ``Trainer`` over all parameters (dense or row-sparse gradients, as the blo
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -93,6 +94,13 @@ class TrainConfig:
             raise ValueError("epochs >= 0, batch_size >= 1 and num_embeddings >= 1 are required")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
+        for name, ok in (("lr", self.lr > 0), ("momentum", 0 <= self.momentum < 1), ("wd", self.wd >= 0),
+                         ("init_magnitude", self.init_magnitude > 0)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and ok):  # NaN fails every comparison above too
+                raise ValueError(f"{name} must be a finite number{' > 0' if name in ('lr', 'init_magnitude') else ''}"
+                                 f"{' in [0, 1)' if name == 'momentum' else ''}{' >= 0' if name == 'wd' else ''}, "
+                                 f"not {value}")
         return self
 
     def optimizer_params(self) -> dict:
@@ -184,15 +192,16 @@ def mse(net: MFBlock, frame, ctx=None) -> float:
     return float(np.mean((pred.astype(np.float64) - frame[LABEL].to_numpy()) ** 2))
 
 
-def fit(prepared, progress: bool = True, net: MFBlock | None = None, **overrides) -> FitResult:
-    """Train on ``prepared.train``; evaluate MSE on train and test after every epoch."""
+def fit(prepared, progress: bool = True, net: MFBlock | None = None, log=print, **overrides) -> FitResult:
+    """Train on ``prepared.train``; evaluate MSE on train and test after every epoch. With ``progress``,
+    a bar per epoch (stderr) and one line per epoch through ``log`` (default: ``print``)."""
     cfg = TrainConfig(**overrides).validate()
     ctx = _mx.context(cfg.ctx)
     with _mx.gpu_errors(ctx):  # an unsupported GPU fails with the guard's message, not MXNet's
-        return _fit(prepared, cfg, ctx, progress, net)
+        return _fit(prepared, cfg, ctx, progress, net, log)
 
 
-def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None) -> FitResult:
+def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None, log=print) -> FitResult:
     rng = np.random.default_rng(cfg.seed)
     mx.random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -235,7 +244,7 @@ def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None) -
         }
         history.append(record)
         if progress:
-            print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  train MSE {record['train_mse']:.4f}  "
+            log(f"epoch {epoch + 1}: loss {record['loss']:.4f}  train MSE {record['train_mse']:.4f}  "
                   f"test MSE {record['test_mse']:.4f}  ({record['rows_per_second']:,.0f} rows/s)")
     rate = rows_total / seconds_total if seconds_total > 0 else float("nan")
     return FitResult(net=net, history=history, config=cfg, train_rows_per_second=rate)
@@ -330,7 +339,8 @@ def _bpr(pos, neg):
     return nd.Activation(neg - pos, act_type="softrelu")
 
 
-def train_and_save(prepared, model_dir, progress: bool = True, extra_metrics: dict | None = None, **hyperparameters):
+def train_and_save(prepared, model_dir, progress: bool = True, extra_metrics: dict | None = None, log=print,
+                   **hyperparameters):
     """Fit, rank the full catalogue, and save the model directory with its metrics.
 
     Returns ``(result, metrics)``; ``metrics`` holds the last epoch's MSEs, HR@10, NDCG@10 and the
@@ -339,7 +349,7 @@ def train_and_save(prepared, model_dir, progress: bool = True, extra_metrics: di
     from .artifacts import save_model
     from .metrics import evaluate_model
 
-    result = fit(prepared, progress=progress, **hyperparameters)
+    result = fit(prepared, progress=progress, log=log, **hyperparameters)
     ranking = evaluate_model(result.net, prepared)
     metrics = {
         "epochs": result.config.epochs,

@@ -8,11 +8,11 @@ endpoint (``tests/test_aws_mode.py``), so every call here runs for real, against
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .bundle import ENTRY_POINT, build_bundle
 from .entry import SEED_HYPERPARAMETERS
+from .sdk import import_sdk
 
 FRAMEWORK_VERSION = "1.9.0"
 PY_VERSION = "py38"
@@ -27,10 +27,9 @@ DEPLOY_INSTANCE_TYPE = "ml.m5.large"
 
 def session(region: str | None = None, boto_session=None):
     """A ``sagemaker.Session`` (the default AWS credential chain unless a boto3 session is given)."""
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     import boto3
-    import sagemaker
 
+    sagemaker = import_sdk()
     return sagemaker.Session(boto_session=boto_session or boto3.Session(region_name=region))
 
 
@@ -40,6 +39,7 @@ def make_estimator(role: str, bundle_dir, sagemaker_session=None, instance_type:
     """The seed's ``MXNet('recommender.py', ...)`` for today's container: script mode, framework
     1.9.0 on Python 3.8, the bundle as ``source_dir`` (the container gets ``recsys`` and installs
     ``requirements.txt``), the seed's hyperparameters unless overridden."""
+    import_sdk()
     from sagemaker.mxnet import MXNet
 
     bundle_dir = Path(bundle_dir)

@@ -114,12 +114,15 @@ def train(argv=None, env=None) -> dict:
     summary = {k: prepared.summary[k] for k in ("rows_read", "rows_malformed", "users_kept", "products_kept",
                                                 "train_rows", "test_rows")}
     print(f"prepared: {json.dumps(summary)}", flush=True)
-    extra = {"popularity_hr_at_10": evaluate_popularity(prepared)["hr_at_10"], **summary}
+    mean_label = float(prepared.train["event_type_digit"].mean())
+    extra = {"popularity_hr_at_10": evaluate_popularity(prepared)["hr_at_10"],
+             "mean_predictor_test_mse": float(((prepared.test["event_type_digit"] - mean_label) ** 2).mean()), **summary}
     result, metrics = train_and_save(prepared, model_dir, progress=False, extra_metrics=extra,
                                      ctx=training_context(env), **{k: getattr(args, k) for k in HYPERPARAMETERS})
     for h in result.history:
         print(f"epoch {h['epoch']}: train MSE {h['train_mse']:.4f} test MSE {h['test_mse']:.4f} "
               f"({h['rows_per_second']:.0f} rows/s)", flush=True)
+    metrics["history"] = [{k: h[k] for k in ("epoch", "train_mse", "test_mse")} for h in result.history]
     out = Path(env.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

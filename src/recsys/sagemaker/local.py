@@ -141,6 +141,10 @@ def toolkit_env(base_dir: Path, extra: dict | None = None) -> dict:
     return env
 
 
+#: Log lines about this machine's setup, not the job: pip's "already satisfied" and index lines, the
+#: toolkit's hardware probes and optional-framework notes, the environment dump.
+_NOISE = ("Requirement already satisfied", "Looking in links", "Looking in indexes", "training environment: {",
+          "No GPUs detected", "No Neurons detected", "instance_groups entry not present", "Exceptions not imported for")
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
 
@@ -159,7 +163,7 @@ class BriefLog:
             self.skipping = True
         elif text.startswith("Invoking script with the following command:"):
             self.skipping = False
-        if self.skipping or "Requirement already satisfied" in text or "training environment: {" in text:
+        if self.skipping or any(noise in text for noise in _NOISE):
             return
         text = _TIMESTAMP.sub("", text)
         if text.strip():
@@ -510,9 +514,11 @@ class LocalEndpoint:
 
     def predictor(self, serializer=None, deserializer=None):
         """A SageMaker SDK v2 ``Predictor`` on this endpoint, JSON in and out by default."""
-        os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
         import boto3
-        import sagemaker
+
+        from .sdk import import_sdk
+
+        sagemaker = import_sdk()
         from sagemaker.deserializers import JSONDeserializer
         from sagemaker.predictor import Predictor
         from sagemaker.serializers import JSONSerializer
