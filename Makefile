@@ -32,10 +32,11 @@ OUT    := outputs
 NB_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup sync run-all test test-slow test-gpu-extra bench lint clean distclean
+.PHONY: help setup sync run-all lab test test-slow test-gpu-extra bench lint clean distclean
 help:
 	@echo "make run-all    set up and run every notebook (outputs/)"
 	@echo "make test       set up and run the tests"
+	@echo "make lab        JupyterLab on http://127.0.0.1:8888 with the recsys-lab kernel (LAB_PORT=...)"
 	@echo "make setup      virtualenv in $(VENV), package + MXNet ($(MX_EXTRA)), Jupyter kernel '$(KERNEL)'"
 	@echo "make sync       regenerate notebooks/*.ipynb from their py:percent sources"
 	@echo "make bench      run the benchmarks under benchmarks/"
@@ -66,6 +67,12 @@ sync: $(STAMP)
 run-all: $(STAMP)
 	$(BIN)/python -m recsys.runner --out $(OUT) $(NB_ARGS)
 	@echo "outputs: $(OUT)/notebooks (executed), $(OUT)/metrics (JSON), $(OUT)/figures (plots)"
+
+LAB_PORT ?= 8888
+lab: $(STAMP)
+	@test -x $(BIN)/jupyter-lab || $(BIN)/python -m pip install --quiet -e ".[$(MX_EXTRA),toolkits,lab,dev]"
+	@echo "open the URL below; pick the kernel 'Python (recsys lab)'; Ctrl-C stops JupyterLab"
+	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --no-browser --notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

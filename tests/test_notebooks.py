@@ -136,3 +136,43 @@ def test_notebook_04_after_01_and_02(tmp_path, database):
     assert m["requests_sent"] == 10 and m["unknown_pairs"] == 0 and m["pairs_per_second"] > 1_000
     assert len(m["top_n_first_user"]) == 5
     assert (tmp_path / "figures" / "04_score_distribution.png").is_file()
+
+
+def test_runner_reads_lists_the_way_a_shell_leaves_them():
+    from recsys.runner import _value
+
+    assert _value('["a.csv","b.csv"]') == ["a.csv", "b.csv"]  # quoted, as typed in Python
+    assert _value("[a.csv,b.csv]") == ["a.csv", "b.csv"]  # what make's shell leaves of it
+    assert _value("a.csv,b.csv") == ["a.csv", "b.csv"]
+    assert _value("a.csv") == "a.csv" and _value("7") == 7 and _value("false") is False
+
+
+def _make_run_all(out, nb_args):
+    import subprocess
+
+    return subprocess.run(["make", "--no-print-directory", "run-all", f"OUT={out}", f"NB_ARGS={nb_args}"], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.notebook
+def test_make_run_all_with_the_readmes_full_data_form(tmp_path):
+    """The README's instructor path, with the two sample files standing in for the Kaggle months."""
+    nov = "data/sample/rees46_2019-Nov_random10k.csv.gz"
+    oct_ = str(OCT.relative_to(ROOT))
+    r = _make_run_all(tmp_path, f'-p input_files ["{oct_}","{nov}"]')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    m = json.loads((tmp_path / "metrics" / "01_explore_clean_prepare.json").read_text())
+    assert m["input_files"] == [oct_, nov]
+    assert m["users_kept"] == 914  # both samples: the November users with 5 events join
+    for name in ("02_train_local", "03_sagemaker_train_deploy", "04_sql_scoring"):
+        assert (tmp_path / "metrics" / f"{name}.json").is_file()
+    assert "Passed unknown parameter" not in r.stdout + r.stderr and "without encryption" not in r.stdout + r.stderr
+
+
+@pytest.mark.notebook
+def test_make_run_all_refuses_a_plain_string_with_one_line(tmp_path):
+    r = _make_run_all(tmp_path, f"-p input_files {OCT.relative_to(ROOT)}")
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if "input_files" in line]
+    assert len(errors) == 1 and "must be a list of file paths" in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

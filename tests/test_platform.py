@@ -118,3 +118,38 @@ def test_mx_module_preloads_nothing_on_a_cpu_build():
     assert m.CUDA_LIBS == []
     maps = Path("/proc/self/maps").read_text() if os.path.exists("/proc/self/maps") else ""
     assert "libnvblas" not in maps
+
+
+def test_make_lab_serves_jupyterlab_on_loopback_with_the_kit_kernel(tmp_path):
+    """`make lab`: JupyterLab from the kit's environment, on 127.0.0.1 only, with the recsys-lab kernel."""
+    import re
+    import signal
+    import socket
+    import time
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "lab.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(["make", "--no-print-directory", "lab", f"LAB_PORT={port}"], cwd=ROOT, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        token = None
+        for _ in range(240):
+            m = re.search(rf"http://127\.0\.0\.1:{port}/lab\?token=([0-9a-f]+)", log.read_text())
+            if m:
+                token = m.group(1)
+                break
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+        assert token, log.read_text()[-2000:]
+        specs = requests.get(f"http://127.0.0.1:{port}/api/kernelspecs", params={"token": token}, timeout=10).json()
+        assert "recsys-lab" in specs["kernelspecs"]
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening and f"*:{port}" not in listening
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -37,6 +37,7 @@ import numpy as np
 FORMAT_VERSION = 1
 FILES = ("config.json", "model.params", "user_ids.npy", "product_ids.npy", "item_popularity.npy")
 INFO_FILE = "model_info.json"
+SCORE_CHUNK = 65536  # pairs scored at once
 LEGACY_INFO_FILE = "manifest.json"  # read only: MMS mistakes it for its own manifest
 
 
@@ -161,8 +162,10 @@ class Recommender:
         if len(u) != len(p):
             raise ValueError(f"{len(u)} user ids but {len(p)} product ids")
         out = np.full(len(u), np.nan)
-        ok = ku & kp
-        out[ok] = np.einsum("ij,ij->i", self.user_vectors[u[ok]], self.item_vectors[p[ok]], dtype=np.float64)
+        ok = np.flatnonzero(ku & kp)
+        for s in range(0, len(ok), SCORE_CHUNK):  # bounded temporaries: two (chunk x dims) blocks
+            idx = ok[s:s + SCORE_CHUNK]
+            out[idx] = np.einsum("ij,ij->i", self.user_vectors[u[idx]], self.item_vectors[p[idx]], dtype=np.float64)
         return out
 
     def recommend(self, user_id, k: int = 10, exclude=()) -> list:

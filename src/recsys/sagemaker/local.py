@@ -253,6 +253,14 @@ def _load_handlers(code_dir: Path):
     return module
 
 
+def _drain(stream, length: int, block: int = 1 << 16) -> None:
+    while length > 0:
+        chunk = stream.read(min(block, length))
+        if not chunk:
+            break
+        length -= len(chunk)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "recsys-local-endpoint"
@@ -359,7 +367,9 @@ class _Handler(BaseHTTPRequestHandler):
         if length is None:
             return
         if not ep._reserve(length):  # bounded memory: past the in-flight budget, ask the client to retry
-            self._refuse(503, "the endpoint is busy: too many bytes in flight, retry shortly", {"Retry-After": "1"})
+            _drain(self.rfile, length)  # read and drop the body, so the client sees the answer, not a reset
+            message = "the endpoint is busy: too many bytes in flight, retry shortly"
+            self._send(503, (message + "\n").encode(), None, {"Retry-After": "1"}, reason=message)
             return
         try:
             body = self.rfile.read(length) if length else b""
@@ -397,13 +407,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), "application/json", {"x-amzn-ErrorType": code})
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # a burst of clients must queue, not be reset (the default backlog is 5)
+
+
 class LocalEndpoint:
     """A SageMaker-compatible endpoint on 127.0.0.1 for a ``model.tar.gz`` or a model directory."""
 
     #: Request bodies held at once (each up to 6 MiB, parsed into a few times that): past this budget a
     #: request gets 503 with Retry-After instead of memory. A body alone over the budget is still let in
-    #: when nothing else is in flight.
-    MAX_INFLIGHT_BYTES = 4 * serving.MAX_BODY_BYTES
+    #: when nothing else is in flight. ``RECSYS_ENDPOINT_MAX_INFLIGHT_BYTES`` overrides it (0: no cap).
+    MAX_INFLIGHT_BYTES = int(os.environ.get("RECSYS_ENDPOINT_MAX_INFLIGHT_BYTES", 4 * serving.MAX_BODY_BYTES))
 
     def __init__(self, model_data, name: str = "recsys-local", port: int = 0,
                  default_accept: str = DEFAULT_ACCEPT) -> None:
@@ -438,7 +452,7 @@ class LocalEndpoint:
             raise FileNotFoundError(f"no model at {self.model_data}")
         self.handlers = _load_handlers(model_dir / "code")
         self.model = self.handlers.model_fn(str(model_dir))
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self._server = _Server(("127.0.0.1", self.port), _Handler)
         self._server.daemon_threads = True
         self._server.endpoint = self
         self.port = self._server.server_address[1]
@@ -475,7 +489,7 @@ class LocalEndpoint:
 
     def _reserve(self, nbytes: int) -> bool:
         with self._lock:
-            if self.inflight_bytes and self.inflight_bytes + nbytes > self.MAX_INFLIGHT_BYTES:
+            if self.MAX_INFLIGHT_BYTES and self.inflight_bytes and self.inflight_bytes + nbytes > self.MAX_INFLIGHT_BYTES:
                 self.busy_refusals += 1
                 return False
             self.inflight_bytes += nbytes
