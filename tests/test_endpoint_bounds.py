@@ -90,3 +90,20 @@ def test_parallel_large_requests_stay_within_the_in_flight_budget(endpoint):
     assert endpoint.peak_inflight_bytes <= endpoint.MAX_INFLIGHT_BYTES
     assert pings == [200] * 5
     assert json.loads(requests.get(endpoint.url + "/ping", timeout=5).text) == {"status": "Healthy"}
+
+
+def test_a_failing_model_is_a_500_with_one_line_not_a_traceback(endpoint, monkeypatch):
+    import types
+
+    def predict_fn(data, model):
+        raise RuntimeError("the model fell over\nsecond line")
+
+    handlers = types.SimpleNamespace(input_fn=endpoint.handlers.input_fn, predict_fn=predict_fn,
+                                     output_fn=endpoint.handlers.output_fn)
+    monkeypatch.setattr(endpoint, "handlers", handlers)
+    r = requests.post(endpoint.url + "/invocations", data="1,2", headers={"Content-Type": "text/csv"}, timeout=5)
+    assert r.status_code == 500 and r.text == "internal error: RuntimeError: the model fell over\n"
+    client = endpoint.runtime_client()
+    with pytest.raises(client.exceptions.ModelError) as e:
+        client.invoke_endpoint(EndpointName=endpoint.name, ContentType="text/csv", Body=b"1,2")
+    assert e.value.response["OriginalStatusCode"] == 500 and "Received server error (500)" in str(e.value)

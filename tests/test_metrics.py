@@ -73,4 +73,8 @@ def test_evaluate_model_uses_the_towers():
 
     direct = predict(net, np.repeat(np.arange(3), data.n_items), np.tile(np.arange(data.n_items), 3))
     np.testing.assert_allclose((U[:3] @ V.T).ravel(), direct, rtol=1e-4, atol=1e-4)
-    assert metrics.evaluate_model(net, data) == metrics.evaluate_vectors(U, V, data)
+    # evaluate_model against brute force on the network's own pairwise scores (no tower shortcut)
+    all_pairs = predict(net, np.repeat(np.arange(data.n_users), data.n_items), np.tile(np.arange(data.n_items), data.n_users))
+    hr, ndcg = brute_force(all_pairs.reshape(data.n_users, data.n_items).astype(np.float64), data)
+    got = metrics.evaluate_model(net, data)
+    assert got["hr_at_10"] == pytest.approx(hr) and got["ndcg_at_10"] == pytest.approx(ndcg)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.model import MFBlock, Towers, build
+from recsys.model import Towers, build
 from recsys.mx import context, mx
 from recsys.training import TrainConfig, fit, mse, predict
 
@@ -12,11 +12,13 @@ nd = mx.nd
 
 
 def toy(n_users=40, n_items=30, rows=1500, seed=0, test_rows=None):
-    """Users prefer items with the same parity: learnable structure."""
+    """Users prefer items with the same parity, and the label depends on user and item: users of even
+    index buy (4) the items below the middle of the catalogue and only view (1) the rest; odd users
+    view everything. A constant predictor cannot fit that; two embedding dimensions can."""
     rng = np.random.default_rng(seed)
     user = rng.integers(0, n_users, rows).astype(np.int32)
     item = ((rng.integers(0, n_items // 2, rows) * 2 + user % 2) % n_items).astype(np.int32)
-    label = np.where(rng.random(rows) < 0.2, 4, 1).astype(np.int8)
+    label = np.where((user % 2 == 0) & (item < n_items // 2), 4, 1).astype(np.int8)
     train = pd.DataFrame({"user": user, "item": item, "event_type_digit": label})
     test_user = np.arange(n_users, dtype=np.int32)
     test_item = ((rng.integers(0, n_items // 2, n_users) * 2 + test_user % 2) % n_items).astype(np.int32)
@@ -70,14 +72,19 @@ def test_context_selection():
             context("gpu")
 
 
-def test_training_lowers_the_loss_and_reports_history():
+def _constant_mse(data):
+    """MSE on the training rows of the best constant predictor (the training mean)."""
+    y = data.train["event_type_digit"].to_numpy(float)
+    return float(((y - y.mean()) ** 2).mean())
+
+
+def test_training_learns_the_structure_beyond_the_best_constant():
     data = toy()
-    before = build(data.n_users, data.n_items, 16, 0.0, init_magnitude=1, seed=1)
-    start = mse(before, data.train)
-    r = fit(data, progress=False, epochs=5, num_embeddings=16, dropout=0.0, init_magnitude=1, batch_size=64, seed=1)
+    r = fit(data, progress=False, epochs=30, num_embeddings=16, dropout=0.0, init_magnitude=1, batch_size=64, seed=1)
     losses = [h["loss"] for h in r.history]
-    assert len(r.history) == 5 and losses[-1] < losses[0]
-    assert r.last["train_mse"] < start
+    assert len(r.history) == 30 and losses[-1] < losses[0]
+    # the constant's MSE is about 2 here: the model must explain most of the variance, not just shrink
+    assert r.last["train_mse"] < 0.2 * _constant_mse(data), (r.last["train_mse"], _constant_mse(data))
     assert set(r.last) >= {"epoch", "loss", "train_mse", "test_mse", "rows_per_second"}
     assert r.train_rows_per_second > 0
 
@@ -128,13 +135,16 @@ def test_sparse_and_dense_gradients_agree_without_momentum():
         np.testing.assert_allclose(pa.data().asnumpy(), pb.data().asnumpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_with_momentum_sparse_and_dense_reach_comparable_loss():
+def test_with_momentum_sparse_and_dense_both_learn_the_structure():
+    """With the seed's momentum the lazy and dense updates differ, but both must fit what a constant cannot."""
     data = toy(rows=3000)
-    cfg = dict(progress=False, epochs=4, num_embeddings=8, batch_size=64, seed=7, dropout=0.0, init_magnitude=1)
+    cfg = dict(progress=False, epochs=30, num_embeddings=8, batch_size=64, seed=7, dropout=0.0, init_magnitude=1)
     dense = fit(data, net=build(data.n_users, data.n_items, 8, 0.0, sparse_grad=False, init_magnitude=1, seed=2),
                 update="trainer", **cfg)
     lazy = fit(data, **cfg)
-    assert lazy.last["train_mse"] == pytest.approx(dense.last["train_mse"], rel=0.25)
+    const = _constant_mse(data)
+    assert lazy.last["train_mse"] < 0.2 * const and dense.last["train_mse"] < 0.2 * const, (
+        lazy.last["train_mse"], dense.last["train_mse"], const)
 
 
 def test_same_seed_same_metrics_on_cpu():
@@ -161,7 +171,9 @@ def test_bad_configuration_is_a_clear_error():
         TrainConfig(objective="magic").validate()
     with pytest.raises(ValueError, match="dropout"):
         TrainConfig(dropout=1.0).validate()
-    assert isinstance(MFBlock(3, 3, 2), MFBlock)
+    for bad in (dict(lr=float("nan")), dict(lr=-0.1), dict(momentum=1.0), dict(wd=-1.0), dict(init_magnitude=float("inf"))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainConfig(**bad).validate()
 
 
 def test_embedding_grad_sum_is_per_example_step():

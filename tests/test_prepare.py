@@ -99,14 +99,15 @@ def test_quantiles_are_the_seeds(october):
 
 
 def test_users_and_products_tables(write_csv):
-    lines = [row(user=1, product=7, etype="purchase", price="10.25", brand="a,b" if False else "acme")] * 5
-    lines += [row(user=1, product=7, etype="view", price="11.00", code="", brand="")]
+    lines = [row(user=1, product=7, etype="purchase", price="10.25", brand='"a,b"')] * 5  # a quoted comma
+    lines += [row(user=1, product=7, etype="view", price="11.00", code="", brand='"a,b"')]
     events, _ = read_events(write_csv("tables.csv", lines), progress=False)
+    assert events["brand"].tolist() == ["a,b"] * 6  # the comma inside quotes stays in the field
     p = prepare(events)
     assert p.users.loc[0, "sum_purchase"] == pytest.approx(51.25)
     prod = p.products.loc[0]
     assert prod["product_id"] == 7 and prod["category_id"] == 2053013555631882655
-    assert prod["brand"] is None and prod["price"] == pytest.approx(11.0)  # last seen
+    assert prod["brand"] == "a,b" and prod["category_code"] is None and prod["price"] == pytest.approx(11.0)  # last seen
 
 
 def test_lean_read_prepares_the_same(october):

@@ -163,9 +163,46 @@ def test_top_n_per_user_with_window_function(eng, endpoint, loaded):
     assert len(some) == 2 and some[0] == top[0]
 
 
-def test_input_sample_query(eng, endpoint, loaded):
+def test_input_sample_query(eng, endpoint, loaded, model_dir):
     rows = sql.score_query(eng, sql.HttpInvoker(endpoint.url), "input")
     assert rows == [{"user_id": "512505687", "product_id": "44600062", "recommend_score": None}]
+    rec = Recommender.load(model_dir)
+    u, p = int(rec.user_ids[3]), int(rec.product_ids[5])
+    with eng.begin() as conn:  # a known pair beside the workshop's unknown one
+        conn.execute(sa.text("INSERT INTO input (user_id, product_id) VALUES (:u, :p)"), {"u": str(u), "p": str(p)})
+    rows = sql.score_query(eng, sql.HttpInvoker(endpoint.url), "input")
+    known = [r for r in rows if r["user_id"] == str(u)]
+    assert len(rows) == 2 and known[0]["recommend_score"] == pytest.approx(rec.score([u], [p])[0], rel=1e-6)
+    with eng.begin() as conn:
+        conn.execute(sa.text("DELETE FROM input WHERE user_id = :u"), {"u": str(u)})
+
+
+def test_a_wrong_number_of_rows_back_is_a_scoring_error(eng, loaded):
+    with pytest.raises(sql.ScoringError, match="answered 1 rows for 500 sent"):
+        sql.score_table(eng, lambda body: "1.0\n", target="predict_short", max_batch_size=500, progress=False)
+    with eng.connect() as conn:
+        assert not {"predict_short", "predict_short__staging"} & set(sa.inspect(conn).get_table_names())
+
+
+def test_a_failing_endpoint_through_the_real_client(eng, model_dir, loaded):
+    """The endpoint itself fails (HTTP 500 on the third request): boto3 raises ModelError, the bridge a
+    ScoringError, and predict is untouched."""
+
+    class Failing(LocalEndpoint):
+        calls = 0
+
+        def invoke(self, body, content_type, accept):
+            Failing.calls += 1
+            if Failing.calls == 3:
+                return 500, "internal error: RuntimeError: disk on fire", None
+            return super().invoke(body, content_type, accept)
+
+    with Failing(model_dir, name="failing") as ep:
+        call = sql.RuntimeInvoker(ep.runtime_client(), ep.name)
+        with pytest.raises(sql.ScoringError, match=r"Received server error \(500\).*disk on fire"):
+            sql.score_table(eng, call, target="predict_fail", max_batch_size=500, progress=False)
+    with eng.connect() as conn:
+        assert not {"predict_fail", "predict_fail__staging"} & set(sa.inspect(conn).get_table_names())
 
 
 def test_identifiers_and_aurora_text():
@@ -178,13 +215,33 @@ def test_identifiers_and_aurora_text():
         sql.aurora_function_sql("x'; DROP TABLE users; --")
 
 
-def test_sql_score_cli(eng, endpoint, loaded):
+def test_sql_score_cli(eng, endpoint, loaded, model_dir):
     r = subprocess.run([sys.executable, "-m", "recsys.cli", "sql-score", "--db", eng.url.render_as_string(hide_password=False),
                         "--endpoint", endpoint.url, "--target", "predict_cli", "--max-batch-size", "2000", "-q"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["predict_rows"] == out["inputs_rows"] and out["requests_sent"] >= 3
+    _assert_scores_match(eng, "predict_cli", model_dir)
+
+
+def _assert_scores_match(eng, table, model_dir):
+    with eng.connect() as conn:
+        df = pd.read_sql(sa.text(f"SELECT user_id, product_id, recommend_score FROM {table}"), conn)
+    expected = Recommender.load(model_dir).score(df["user_id"], df["product_id"])
+    assert len(df) > 0 and df["recommend_score"].notna().sum() > 0
+    np.testing.assert_allclose(df["recommend_score"].to_numpy(float), expected, rtol=1e-6, equal_nan=True)
+
+
+def test_sql_score_cli_with_an_endpoint_name(eng, endpoint, loaded, model_dir):
+    """A SageMaker endpoint name: the real boto3 sagemaker-runtime client, routed to the local endpoint."""
+    env = {**os.environ, "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": endpoint.url, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    r = subprocess.run([sys.executable, "-m", "recsys.cli", "sql-score", "--db", eng.url.render_as_string(hide_password=False),
+                        "--endpoint", endpoint.name, "--region", "us-east-1", "--target", "predict_named", "-q"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    _assert_scores_match(eng, "predict_named", model_dir)
 
 
 def test_sql_score_cli_with_dead_endpoint_exits_2(tmp_path):

@@ -94,13 +94,11 @@ class TrainConfig:
             raise ValueError("epochs >= 0, batch_size >= 1 and num_embeddings >= 1 are required")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
-        for name, ok in (("lr", self.lr > 0), ("momentum", 0 <= self.momentum < 1), ("wd", self.wd >= 0),
-                         ("init_magnitude", self.init_magnitude > 0)):
+        for name, ok, rule in (("lr", self.lr >= 0, ">= 0"), ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                               ("wd", self.wd >= 0, ">= 0"), ("init_magnitude", self.init_magnitude > 0, "> 0")):
             value = getattr(self, name)
             if not (math.isfinite(value) and ok):  # NaN fails every comparison above too
-                raise ValueError(f"{name} must be a finite number{' > 0' if name in ('lr', 'init_magnitude') else ''}"
-                                 f"{' in [0, 1)' if name == 'momentum' else ''}{' >= 0' if name == 'wd' else ''}, "
-                                 f"not {value}")
+                raise ValueError(f"{name} must be a finite number {rule}, not {value}")
         return self
 
     def optimizer_params(self) -> dict:
