@@ -84,8 +84,9 @@ if mode == "local":
     from recsys.sagemaker.local import LocalEndpoint
 
     endpoint = LocalEndpoint(model_path, name=endpoint_name).start()
-    print(f"serving {paths.display(model_path, root)}: {endpoint.model.recommender.config['hyperparameters'].get('objective')} "
-          "objective (set model to another model directory or model.tar.gz to serve it instead)")
+    hp = endpoint.model.recommender.config["hyperparameters"]
+    print(f"serving {paths.display(model_path, root)}: {hp.get('preset') or hp.get('objective')} "
+          "(set the model parameter to another model directory or model.tar.gz to serve it instead)")
     call = sql.RuntimeInvoker(endpoint.runtime_client(), endpoint_name)
 else:
     endpoint = None
@@ -126,9 +127,9 @@ top[top["user_id"].isin(first_users)]
 
 # %% [markdown]
 # How to read `recommend_score`: it is the model's raw score, the dot product of the user's and
-# the product's tower outputs. With the implicit (BPR) objective of `model_best` only the order of
-# a user's scores matters (higher: more likely to interact), not the value: scores are not
-# probabilities and not event types 1-4. (The seed's `event_score` model in `outputs/model` does
+# the product's tower outputs. `model_best` is notebook 02's best ranking model (by validation:
+# `SideMFBlock`, trained with BPR): only the order of a user's scores matters (higher: more likely
+# to interact), not the value; scores are not probabilities and not event types 1-4. (The seed's `event_score` model in `outputs/model` does
 # regress on event types 1-4; its ReLU towers put many scores at exactly 0.) The histogram shows
 # the spread over all scored pairs, with the share at exactly 0 printed below.
 

@@ -127,7 +127,7 @@ class Recommender:
 
     @classmethod
     def load(cls, model_dir, ctx="auto", verify: bool = True) -> "Recommender":
-        from .model import MFBlock
+        from .model import MFBlock, SideMFBlock
         from .mx import context, gpu_errors
 
         d = Path(model_dir)
@@ -142,7 +142,10 @@ class Recommender:
                 raise ModelDirError(f"{d}: files changed since they were saved: {', '.join(bad)}")
         config = json.loads((d / "config.json").read_text())
         arch = config["architecture"]
-        net = MFBlock(arch["max_users"], arch["max_items"], arch["num_emb"], arch["dropout_p"])
+        if arch.get("kind") == "side_mf":
+            net = SideMFBlock(**{k: v for k, v in arch.items() if k != "kind"})
+        else:
+            net = MFBlock(arch["max_users"], arch["max_items"], arch["num_emb"], arch["dropout_p"])
         ctx = context(ctx)
         with gpu_errors(ctx):
             net.load_parameters(str(d / "model.params"), ctx=ctx)

@@ -111,6 +111,20 @@ def _cmd_train(args) -> dict:
     from .prepare import Prepared
     from .training import HYPERPARAMETERS, TrainConfig, train_and_save
 
+    if args.preset:
+        from .selection import PRESETS, train_and_save_preset
+
+        if args.preset not in PRESETS:
+            raise UsageError(f"unknown preset {args.preset!r}: use one of {', '.join(sorted(PRESETS))}")
+        target = _check_target(args.model_dir, args.force, "--model-dir")
+        prepared = Prepared.load(args.prepared_dir)
+        overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+        with _replace_dir(target) as tmp:
+            metrics = train_and_save_preset(prepared, tmp, args.preset, progress=not args.quiet, log=_err,
+                                            ctx=args.ctx, seed=args.seed, **overrides)
+        return {**metrics, "model_dir": str(args.model_dir)}
+    if args.epochs is None:
+        args.epochs = TrainConfig().epochs
     hyperparameters = {k: getattr(args, k) for k in HYPERPARAMETERS}
     TrainConfig(**hyperparameters, ctx=args.ctx).validate()  # a bad value fails before anything is read
     target = _check_target(args.model_dir, args.force, "--model-dir")
@@ -178,7 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train the MF model on a prepared dataset and save a model directory")
     s.add_argument("prepared_dir", metavar="PREPARED_DIR", help="a directory written by `recsys prepare`")
     s.add_argument("--model-dir", required=True, help="output model directory")
-    s.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training rows")
+    s.add_argument("--preset", default=None,
+                   help="train a model of notebook 02's ranking table with its settings instead: seed (the workshop's), "
+                        "implicit (MFBlock, BPR), side or best (SideMFBlock: history and attributes); the options "
+                        "below are then ignored, except --epochs, --ctx and --seed")
+    s.add_argument("--epochs", type=int, default=None, help=f"passes over the training rows (default: {d.epochs}, "
+                   "or the preset's)")
     s.add_argument("--num-embeddings", type=int, default=d.num_embeddings, help="embedding and tower width")
     s.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per optimisation step")
     s.add_argument("--opt", default=d.opt, help="any MXNet optimizer name")

@@ -1,13 +1,22 @@
 """Honest evaluation: full-catalogue ranking on the leave-last-out test set, plus MSE.
 
-For every test user, every product is scored, the user's training products are excluded, and
+For every evaluated user, every product is scored, the user's training products are excluded, and
 the rank of the held-out product decides HR@K (1 if it is in the top K) and NDCG@K
-(``1 / log2(rank + 2)`` when in the top K, else 0; one relevant item, so IDCG = 1). Ties are
-broken by item index (a stable descending sort), the same for every scorer.
+(``1 / log2(rank + 2)`` when in the top K, else 0; one relevant item, so IDCG = 1).
 
-The two towers of :class:`~recsys.model.MFBlock` are independent until the dot product, so the
-user and item vectors are computed once and users are ranked in chunks of a matrix product:
-``O(users x items x dims)`` flops, ``chunk x items`` memory.
+**Ties count against the test item**: its rank is the number of other candidate items whose score
+is greater than *or equal to* its own. A scorer that gives many items the same score (an untrained
+user, a popularity count) gains nothing from the order in which ties happen to be stored (item
+indices follow raw product ids, which correlate with popularity).
+
+Reported for all evaluated test users and for the "warm" ones (at least one training row), each
+with its standard error (``std / sqrt(n)``). When there are more than ``max_users`` test users
+(default :data:`MAX_EVAL_USERS`), a seeded uniform sample of that many is scored (the cost is
+``sample x items``, not ``users x items``) and the result says so (``"sampled": true``); pass
+``max_users=None`` for every user. A progress bar shows the chunks.
+
+The two towers of :class:`~recsys.model.MFBlock` are independent until the dot product, so the user
+and item vectors are computed once and users are ranked in chunks of a matrix product.
 """
 
 from __future__ import annotations
@@ -15,8 +24,11 @@ from __future__ import annotations
 import numpy as np
 
 from .constants import ITEM, USER
+from .progress import progress_bar
 
-CHUNK_CELLS = 1 << 24  # scores held at once (64 MiB of float32)
+CHUNK_CELLS = 1 << 24  # scores held at once (128 MiB of float64)
+#: Test users scored when there are more: HR@10's standard error is then below 0.004.
+MAX_EVAL_USERS = 20_000
 
 
 def train_items_csr(train, n_users: int, n_items: int):
@@ -28,58 +40,135 @@ def train_items_csr(train, n_users: int, n_items: int):
     return indptr, items.astype(np.int64)
 
 
-def ranks(score_chunk, test_users, test_items, indptr, indices, n_items: int, k: int | None = None) -> np.ndarray:
-    """Rank (0 = best) of each user's test item among all items not in its training set.
-
-    ``score_chunk(users) -> (len(users), n_items)`` scores; called on chunks of users.
-    """
+def ranks(score_chunk, test_users, test_items, indptr, indices, n_items: int, k: int | None = None,
+          progress: bool = False) -> np.ndarray:
+    """Rank (0 = best) of each user's test item among all items not in its training set, ties
+    counted against it. ``score_chunk(users) -> (len(users), n_items)`` scores, called on chunks."""
     test_users = np.asarray(test_users)
     test_items = np.asarray(test_items)
     out = np.empty(len(test_users), np.int64)
     chunk = max(1, CHUNK_CELLS // max(n_items, 1))
-    item_idx = np.arange(n_items)
-    for s in range(0, len(test_users), chunk):
-        u = test_users[s:s + chunk]
-        t = test_items[s:s + chunk]
-        scores = np.array(score_chunk(u), dtype=np.float64, copy=True)
-        rows = np.repeat(np.arange(len(u)), indptr[u + 1] - indptr[u])
-        cols = np.concatenate([indices[indptr[x]:indptr[x + 1]] for x in u]) if len(u) else np.empty(0, np.int64)
-        scores[rows, cols] = -np.inf  # exclude training items (never the test item: no leakage)
-        target = scores[np.arange(len(u)), t][:, None]
-        ahead = (scores > target) | ((scores == target) & (item_idx[None, :] < t[:, None]))
-        out[s:s + chunk] = ahead.sum(axis=1)
+    with progress_bar(total=len(test_users), unit="user", desc="rank", enabled=progress) as bar:
+        for s in range(0, len(test_users), chunk):
+            u = test_users[s:s + chunk]
+            t = test_items[s:s + chunk]
+            scores = np.array(score_chunk(u), dtype=np.float64, copy=True)
+            rows = np.repeat(np.arange(len(u)), indptr[u + 1] - indptr[u])
+            cols = np.concatenate([indices[indptr[x]:indptr[x + 1]] for x in u]) if len(u) else np.empty(0, np.int64)
+            scores[rows, cols] = -np.inf  # exclude training items (never the test item: no leakage)
+            target = scores[np.arange(len(u)), t][:, None]
+            out[s:s + chunk] = (scores >= target).sum(axis=1) - 1  # every tie ahead; minus the item itself
+            bar.update(len(u))
     return out
 
 
 def hit_rate_ndcg(rank: np.ndarray, k: int = 10) -> dict:
+    """HR@K and NDCG@K (means) with their standard errors."""
     rank = np.asarray(rank)
-    if len(rank) == 0:
-        return {f"hr_at_{k}": float("nan"), f"ndcg_at_{k}": float("nan"), "users": 0}
-    hit = rank < k
-    ndcg = np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
-    return {f"hr_at_{k}": float(hit.mean()), f"ndcg_at_{k}": float(ndcg.mean()), "users": int(len(rank))}
+    n = len(rank)
+    if n == 0:
+        return {f"hr_at_{k}": float("nan"), f"ndcg_at_{k}": float("nan"), f"hr_at_{k}_se": float("nan"),
+                f"ndcg_at_{k}_se": float("nan"), "users": 0}
+    hit = (rank < k).astype(np.float64)
+    ndcg = np.where(hit > 0, 1.0 / np.log2(rank + 2.0), 0.0)
+    se = (lambda x: float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"))
+    return {f"hr_at_{k}": float(hit.mean()), f"ndcg_at_{k}": float(ndcg.mean()), f"hr_at_{k}_se": se(hit),
+            f"ndcg_at_{k}_se": se(ndcg), "users": int(n)}
 
 
-def evaluate_vectors(user_vecs: np.ndarray, item_vecs: np.ndarray, prepared, k: int = 10) -> dict:
+def eval_users(test, max_users: int | None = MAX_EVAL_USERS, seed: int = 0):
+    """``(users, items, sampled)``: every test row, or a seeded uniform sample of ``max_users``."""
+    users, items = test[USER].to_numpy(), test[ITEM].to_numpy()
+    if max_users is not None and len(users) > max_users:
+        pick = np.sort(np.random.default_rng(seed).choice(len(users), max_users, replace=False))
+        return users[pick], items[pick], True
+    return users, items, False
+
+
+def evaluate_scores(score_chunk, prepared, k: int = 10, max_users: int | None = MAX_EVAL_USERS, seed: int = 0,
+                    progress: bool = False, test=None, train=None) -> dict:
+    """HR@K / NDCG@K of ``score_chunk(users) -> scores`` for all evaluated test users (top-level keys)
+    and for the warm ones (``"warm": {...}``). ``test``/``train`` default to the prepared split
+    (the validation protocol passes its own)."""
+    test = prepared.test if test is None else test
+    train = prepared.train if train is None else train
+    indptr, indices = train_items_csr(train, prepared.n_users, prepared.n_items)
+    users, items, sampled = eval_users(test, max_users, seed)
+    r = ranks(score_chunk, users, items, indptr, indices, prepared.n_items, k, progress=progress)
+    warm = (indptr[users + 1] - indptr[users]) > 0
+    out = hit_rate_ndcg(r, k)
+    out["warm"] = hit_rate_ndcg(r[warm], k)
+    out["sampled"] = bool(sampled)
+    return out
+
+
+def evaluate_vectors(user_vecs: np.ndarray, item_vecs: np.ndarray, prepared, k: int = 10, **kwargs) -> dict:
     """HR@K / NDCG@K of dot-product scores ``user_vecs @ item_vecs.T``."""
-    indptr, indices = train_items_csr(prepared.train, prepared.n_users, prepared.n_items)
     item_t = np.ascontiguousarray(item_vecs.T)
-    r = ranks(lambda u: user_vecs[u] @ item_t, prepared.test[USER].to_numpy(), prepared.test[ITEM].to_numpy(),
-              indptr, indices, prepared.n_items, k)
-    return hit_rate_ndcg(r, k)
+    return evaluate_scores(lambda u: user_vecs[u] @ item_t, prepared, k, **kwargs)
 
 
-def popularity_scores(prepared) -> np.ndarray:
+def popularity_scores(prepared, train=None) -> np.ndarray:
     """Training events per item: the popularity baseline's score (the same for every user)."""
-    return np.bincount(prepared.train[ITEM].to_numpy(), minlength=prepared.n_items).astype(np.float64)
+    train = prepared.train if train is None else train
+    return np.bincount(train[ITEM].to_numpy(), minlength=prepared.n_items).astype(np.float64)
 
 
-def evaluate_popularity(prepared, k: int = 10) -> dict:
-    pop = popularity_scores(prepared)
-    indptr, indices = train_items_csr(prepared.train, prepared.n_users, prepared.n_items)
-    r = ranks(lambda u: np.broadcast_to(pop, (len(u), len(pop))), prepared.test[USER].to_numpy(),
-              prepared.test[ITEM].to_numpy(), indptr, indices, prepared.n_items, k)
-    return hit_rate_ndcg(r, k)
+def evaluate_popularity(prepared, k: int = 10, **kwargs) -> dict:
+    pop = popularity_scores(prepared, kwargs.get("train"))
+    return evaluate_scores(lambda u: np.broadcast_to(pop, (len(u), len(pop))), prepared, k, **kwargs)
+
+
+def heuristic_scorer(prepared, train=None, recent: int = 5):
+    """The practitioner's first try: products in the categories and brands of the user's most recent
+    training rows first (the last row's category weighs most), popularity within them and for users
+    without training rows. Returns ``score_chunk(users) -> scores``."""
+    train = prepared.train if train is None else train
+    products = prepared.products
+    cat = _codes(products["category_id"].to_numpy())
+    brand_raw = products["brand"].to_numpy(object)
+    brand = _codes(np.where(pd_isna(brand_raw), "", brand_raw).astype(str))
+    brand = np.where(pd_isna(brand_raw), -1, brand)
+    pop = popularity_scores(prepared, train)
+    prior = pop / (pop.max() + 1.0)  # below 1: only orders items within the same category/brand score
+    users = train[USER].to_numpy()
+    items = train[ITEM].to_numpy()
+    # the last `recent` training rows of each user (train is in time order)
+    order = np.argsort(users, kind="stable")
+    u_sorted, i_sorted = users[order], items[order]
+    starts = np.searchsorted(u_sorted, np.arange(prepared.n_users))
+    ends = np.searchsorted(u_sorted, np.arange(prepared.n_users), side="right")
+
+    def score_chunk(chunk_users):
+        out = np.broadcast_to(prior, (len(chunk_users), len(prior))).copy()
+        for row, u in enumerate(chunk_users):
+            mine = i_sorted[max(starts[u], ends[u] - recent):ends[u]]
+            if len(mine) == 0:
+                continue
+            last = mine[-1]
+            out[row] += 4.0 * (cat == cat[last])
+            out[row] += 2.0 * np.isin(cat, cat[mine])
+            known_brands = brand[mine][brand[mine] >= 0]
+            if len(known_brands):
+                out[row] += 1.0 * np.isin(brand, known_brands)
+        return out
+
+    return score_chunk
+
+
+def evaluate_heuristic(prepared, k: int = 10, **kwargs) -> dict:
+    return evaluate_scores(heuristic_scorer(prepared, kwargs.get("train")), prepared, k, **kwargs)
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    _, inverse = np.unique(values, return_inverse=True)
+    return inverse.astype(np.int64)
+
+
+def pd_isna(values) -> np.ndarray:
+    import pandas as pd
+
+    return pd.isna(values)
 
 
 def tower_vectors(net, n_users: int, n_items: int, batch: int = 65536):
@@ -89,14 +178,17 @@ def tower_vectors(net, n_users: int, n_items: int, batch: int = 65536):
     ctx = net.user_embeddings.weight.list_ctx()[0]
 
     def run(fn, n):
-        out = np.empty((n, net.num_emb), np.float32)
+        out = None
         for s in range(0, n, batch):
-            out[s:s + batch] = fn(mx.nd.arange(s, min(n, s + batch), ctx=ctx)).asnumpy()
-        return out
+            block = fn(mx.nd.arange(s, min(n, s + batch), ctx=ctx)).asnumpy()
+            if out is None:
+                out = np.empty((n, block.shape[1]), np.float32)
+            out[s:s + batch] = block
+        return out if out is not None else np.empty((0, net.num_emb), np.float32)
 
     return run(net.user_vectors, n_users), run(net.item_vectors, n_items)
 
 
-def evaluate_model(net, prepared, k: int = 10) -> dict:
+def evaluate_model(net, prepared, k: int = 10, **kwargs) -> dict:
     users, items = tower_vectors(net, prepared.n_users, prepared.n_items)
-    return evaluate_vectors(users, items, prepared, k)
+    return evaluate_vectors(users, items, prepared, k, **kwargs)

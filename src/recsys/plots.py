@@ -106,12 +106,18 @@ def ranking_bars(table, columns=("hr_at_10", "ndcg_at_10")):
     """HR@10 and NDCG@10 per model (``table``: DataFrame indexed by model), each bar labelled."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    table[list(columns)].plot.bar(ax=ax, color=["#4C72B0", "#DD8452", "#55A868", "#C44E52"][:len(columns)], rot=0)
+    import textwrap
+
+    names = {"val_hr_at_10": "validation HR@10 (warm users)", "hr_at_10": "test HR@10", "ndcg_at_10": "test NDCG@10"}
+    data = table[list(columns)].astype(float).rename(columns=names)
+    data.index = [textwrap.fill(str(i), 18) for i in data.index]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    data.plot.bar(ax=ax, color=["#4C72B0", "#DD8452", "#55A868", "#C44E52"][:len(columns)], rot=0)
     for container in ax.containers:
         ax.bar_label(container, fmt="%.3f", fontsize=7)
-    ax.set_title("full-catalogue ranking on the leave-last-out test set (ties count against the test item)")
+    ax.set_title("full-catalogue ranking (ties count against the test item)")
     ax.set_ylabel("score")
     ax.tick_params(axis="x", labelsize=8)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -190,16 +190,20 @@ def mse(net: MFBlock, frame, ctx=None) -> float:
     return float(np.mean((pred.astype(np.float64) - frame[LABEL].to_numpy()) ** 2))
 
 
-def fit(prepared, progress: bool = True, net: MFBlock | None = None, log=print, **overrides) -> FitResult:
-    """Train on ``prepared.train``; evaluate MSE on train and test after every epoch. With ``progress``,
-    a bar per epoch (stderr) and one line per epoch through ``log`` (default: ``print``)."""
+def fit(prepared, progress: bool = True, net: MFBlock | None = None, log=print, on_epoch=None, train=None,
+        **overrides) -> FitResult:
+    """Train on ``prepared.train`` (or ``train``); evaluate MSE on train and test after every epoch. With
+    ``progress``, a bar per epoch (stderr) and one line per epoch through ``log`` (default: ``print``).
+    ``on_epoch(epoch, net)`` runs after every epoch (the validation protocol's checkpoints)."""
     cfg = TrainConfig(**overrides).validate()
     ctx = _mx.context(cfg.ctx)
+    if train is not None:
+        prepared = dataclasses.replace(prepared, train=train)
     with _mx.gpu_errors(ctx):  # an unsupported GPU fails with the guard's message, not MXNet's
-        return _fit(prepared, cfg, ctx, progress, net, log)
+        return _fit(prepared, cfg, ctx, progress, net, log, on_epoch)
 
 
-def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None, log=print) -> FitResult:
+def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None, log=print, on_epoch=None) -> FitResult:
     rng = np.random.default_rng(cfg.seed)
     mx.random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -241,6 +245,8 @@ def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None, l
             "rows_per_second": n / seconds if seconds > 0 else float("nan"),
         }
         history.append(record)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, net)
         if progress:
             log(f"epoch {epoch + 1}: loss {record['loss']:.4f}  train MSE {record['train_mse']:.4f}  "
                   f"test MSE {record['test_mse']:.4f}  ({record['rows_per_second']:,.0f} rows/s)")
@@ -348,7 +354,7 @@ def train_and_save(prepared, model_dir, progress: bool = True, extra_metrics: di
     from .metrics import evaluate_model
 
     result = fit(prepared, progress=progress, log=log, **hyperparameters)
-    ranking = evaluate_model(result.net, prepared)
+    ranking = evaluate_model(result.net, prepared, progress=progress)
     metrics = {
         "epochs": result.config.epochs,
         "objective": result.config.objective,
@@ -361,3 +367,132 @@ def train_and_save(prepared, model_dir, progress: bool = True, extra_metrics: di
     }
     save_model(model_dir, result.net, prepared, dataclasses.asdict(result.config), metrics)
     return result, metrics
+
+
+# ---- the side-information model (SideMFBlock) ---------------------------------------------------
+
+@dataclasses.dataclass
+class SideConfig:
+    """Hyperparameters of :class:`~recsys.model.SideMFBlock` training (BPR, several sampled negatives, Adam).
+    The defaults were chosen on the October sample's validation split (notebook 02), never on its test split."""
+
+    epochs: int = 40
+    num_embeddings: int = 32
+    batch_size: int = 256
+    lr: float = 0.01
+    wd: float = 1e-4
+    negatives: int = 8
+    recent: int = 5
+    init_scale: float = 0.05
+    ctx: str = "auto"
+    seed: int = DEFAULT_SEED
+
+
+def side_information(prepared, train=None, recent: int = 5) -> dict:
+    """Per item: category and brand codes (0: no brand); per user: the categories and brands of the
+    last ``recent`` training rows, left-padded, with a mask (``train`` is in time order)."""
+    train = prepared.train if train is None else train
+    products = prepared.products
+    _, cat = np.unique(products["category_id"].to_numpy(np.int64), return_inverse=True)
+    brand_raw = products["brand"].astype(object).where(products["brand"].notna(), None).to_numpy(object)
+    has_brand = np.array([b is not None for b in brand_raw])
+    brand = np.zeros(len(products), np.int64)
+    if has_brand.any():
+        _, codes = np.unique(brand_raw[has_brand].astype(str), return_inverse=True)
+        brand[has_brand] = codes + 1
+    users, items = train[USER].to_numpy(), train[ITEM].to_numpy()
+    order = np.argsort(users, kind="stable")
+    u_sorted, i_sorted = users[order], items[order]
+    ends = np.searchsorted(u_sorted, np.arange(prepared.n_users), side="right")
+    starts = np.searchsorted(u_sorted, np.arange(prepared.n_users))
+    rc = np.zeros((prepared.n_users, recent), np.int64)
+    rb = np.zeros((prepared.n_users, recent), np.int64)
+    mask = np.zeros((prepared.n_users, recent), np.float32)
+    for k in range(recent):  # slot recent-1-k holds the k-th most recent row
+        pos = ends - 1 - k
+        ok = pos >= starts
+        rows = i_sorted[pos[ok]]
+        rc[ok, recent - 1 - k] = cat[rows]
+        rb[ok, recent - 1 - k] = brand[rows]
+        mask[ok, recent - 1 - k] = 1.0
+    return {"item_category": cat, "item_brand": brand, "recent_category": rc, "recent_brand": rb, "recent_mask": mask,
+            "n_categories": int(cat.max()) + 1 if len(cat) else 1, "n_brands": int(brand.max()) + 1}
+
+
+def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, **overrides):
+    """Train a :class:`~recsys.model.SideMFBlock` on the distinct (user, item) pairs of ``train``
+    (default: ``prepared.train``) with BPR against ``negatives`` uniformly sampled items per positive.
+    ``on_epoch(epoch, net)`` is called after every epoch (the validation protocol's checkpoints).
+    Returns ``(net, config, rows_per_second)``."""
+    from .model import SideMFBlock
+
+    cfg = SideConfig(**overrides)
+    if cfg.epochs < 0 or cfg.negatives < 1 or cfg.batch_size < 1 or not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError("epochs >= 0, negatives >= 1, batch_size >= 1 and a finite lr > 0 are required")
+    train = prepared.train if train is None else train
+    ctx = _mx.context(cfg.ctx)
+    rng = np.random.default_rng(cfg.seed)
+    mx.random.seed(cfg.seed)
+    side = side_information(prepared, train, cfg.recent)
+    net = SideMFBlock(prepared.n_users, prepared.n_items, cfg.num_embeddings, side["n_categories"], side["n_brands"],
+                      cfg.recent)
+    with _mx.gpu_errors(ctx):
+        net.initialize(mx.init.Normal(cfg.init_scale), ctx=ctx)
+        net.item_bias.weight.set_data(nd.zeros((prepared.n_items, 1), ctx=ctx))
+        net.set_side_information(side["item_category"], side["item_brand"], side["recent_category"],
+                                 side["recent_brand"], side["recent_mask"])
+        net.hybridize(static_alloc=True)
+        # the big per-user and per-item tables are updated row-block by row-block (their batch's rows
+        # and Adam state only, as in fit); the small attribute tables by a Trainer
+        big = {id(p) for p in (net.user_embeddings.weight, net.item_embeddings.weight, net.item_bias.weight)}
+        small = {name: p for name, p in net.collect_params().items() if id(p) not in big and p.grad_req != "null"}
+        trainer = gluon.Trainer(small, "adam", {"learning_rate": cfg.lr, "wd": cfg.wd}, kvstore=None)
+        params = {"learning_rate": cfg.lr, "wd": cfg.wd}
+        user_t, item_t, bias_t = (_RowTable(net.user_embeddings.weight, "adam", params, 0),
+                                  _RowTable(net.item_embeddings.weight, "adam", params, 1),
+                                  _RowTable(net.item_bias.weight, "adam", params, 2))
+        consts = {name: nd.array(side[name], ctx=ctx) for name in
+                  ("item_category", "item_brand", "recent_category", "recent_brand", "recent_mask")}
+        pairs = np.unique(train[USER].to_numpy().astype(np.int64) * prepared.n_items + train[ITEM].to_numpy())
+        users, items = pairs // prepared.n_items, pairs % prepared.n_items
+        k = cfg.negatives
+        t_total, n_total = 0.0, 0
+        for epoch in range(cfg.epochs):
+            order = rng.permutation(len(users))
+            t0 = time.perf_counter()
+            with progress_bar(total=len(users), unit="pair", desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                              enabled=progress) as bar:
+                for s in range(0, len(users), cfg.batch_size):
+                    idx = order[s:s + cfg.batch_size]
+                    n = len(idx)
+                    cand = np.empty((n, k + 1), np.int64)
+                    cand[:, 0] = items[idx]
+                    cand[:, 1:] = rng.integers(0, prepared.n_items, (n, k))
+                    uu, u_inv = np.unique(users[idx], return_inverse=True)
+                    iu, i_inv = np.unique(cand.reshape(-1), return_inverse=True)
+                    u_rows, i_rows = nd.array(uu, ctx=ctx, dtype="int64"), nd.array(iu, ctx=ctx, dtype="int64")
+                    u_block, i_block, b_block = user_t.gather(u_rows), item_t.gather(i_rows), bias_t.gather(i_rows)
+                    u_idx = nd.array(np.repeat(users[idx], k + 1), ctx=ctx)
+                    i_idx = nd.array(cand.reshape(-1), ctx=ctx)
+                    u_pos, i_pos = nd.array(np.repeat(u_inv, k + 1), ctx=ctx), nd.array(i_inv, ctx=ctx)
+                    with autograd.record():
+                        uv = net.user_tower(nd, nd.take(u_block, u_pos), nd.take(consts["recent_category"], u_idx),
+                                            nd.take(consts["recent_brand"], u_idx), nd.take(consts["recent_mask"], u_idx))
+                        iv = net.item_tower(nd, nd.take(i_block, i_pos), nd.take(b_block, i_pos),
+                                            nd.take(consts["item_category"], i_idx), nd.take(consts["item_brand"], i_idx))
+                        scores = nd.sum(uv * iv, axis=1).reshape((n, k + 1))
+                        pos = nd.slice_axis(scores, axis=1, begin=0, end=1)
+                        neg = nd.slice_axis(scores, axis=1, begin=1, end=None)
+                        loss = nd.Activation(nd.broadcast_sub(neg, pos), act_type="softrelu").mean(axis=1)
+                    loss.backward()
+                    trainer.step(n, ignore_stale_grad=True)
+                    for table, rows, block in ((user_t, u_rows, u_block), (item_t, i_rows, i_block),
+                                               (bias_t, i_rows, b_block)):
+                        table.update(rows, block, n)
+                    bar.update(n)
+            nd.waitall()
+            t_total += time.perf_counter() - t0
+            n_total += len(users)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, net)
+    return net, cfg, (n_total / t_total if t_total > 0 else float("nan"))
