@@ -24,8 +24,9 @@ def test_training_curves_are_readable_and_show_the_baseline():
     fig = plots.training_curves({"kit": history}, baseline=0.28)
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"  # epoch 1's 20 does not flatten the last epochs
-    assert "1.01" in _texts(fig) and "0.90" in _texts(fig)
-    assert any("0.28" in label for label in ax.get_legend_handles_labels()[1])
+    labels = ax.get_legend_handles_labels()[1]
+    assert "kit: test, last 1.01" in labels and "kit: train, last 0.90" in labels
+    assert any("0.28" in label for label in labels)
 
 
 def test_ranking_bars_are_labelled():

@@ -65,7 +65,7 @@ def funnel(before: dict, after: dict):
 
 def training_curves(histories: dict, baseline: float | None = None):
     """Train and test MSE per epoch, one line pair per run (``{"label": history}``), on a log scale
-    so that the last epochs stay readable, with the final values written at the line ends and the
+    so that the last epochs stay readable, with each line's final value in the legend and the
     constant (mean) predictor's test MSE as a reference line."""
     import matplotlib.pyplot as plt
 
@@ -74,9 +74,7 @@ def training_curves(histories: dict, baseline: float | None = None):
         epochs = [h["epoch"] for h in history]
         for key, style, what in (("train_mse", "-o", "train"), ("test_mse", "--s", "test")):
             values = [h[key] for h in history]
-            ax.plot(epochs, values, style, color=color, label=f"{label}: {what}")
-            ax.annotate(f"{values[-1]:.2f}", (epochs[-1], values[-1]), textcoords="offset points", xytext=(6, 0),
-                        fontsize=8, color=color, va="center")
+            ax.plot(epochs, values, style, color=color, label=f"{label}: {what}, last {values[-1]:.2f}")
     if baseline is not None:
         ax.axhline(baseline, color="#333333", lw=1, ls=":", label=f"always the training mean: test {baseline:.2f}")
     ax.set_xticks(sorted({h["epoch"] for history in histories.values() for h in history}))
