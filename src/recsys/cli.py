@@ -112,10 +112,9 @@ def _cmd_train(args) -> dict:
     from .training import HYPERPARAMETERS, TrainConfig, train_and_save
 
     if args.preset:
-        from .selection import PRESETS, train_and_save_preset
+        from .selection import preset_settings, train_and_save_preset
 
-        if args.preset not in PRESETS:
-            raise UsageError(f"unknown preset {args.preset!r}: use one of {', '.join(sorted(PRESETS))}")
+        preset_settings(args.preset)  # an unknown name fails before anything is read
         target = _check_target(args.model_dir, args.force, "--model-dir")
         prepared = Prepared.load(args.prepared_dir)
         overrides = {"epochs": args.epochs} if args.epochs is not None else {}

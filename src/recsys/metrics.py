@@ -123,32 +123,23 @@ def heuristic_scorer(prepared, train=None, recent: int = 5):
     """The practitioner's first try: products in the categories and brands of the user's most recent
     training rows first (the last row's category weighs most), popularity within them and for users
     without training rows. Returns ``score_chunk(users) -> scores``."""
+    from .prepare import side_information
+
     train = prepared.train if train is None else train
-    products = prepared.products
-    cat = _codes(products["category_id"].to_numpy())
-    brand_raw = products["brand"].to_numpy(object)
-    brand = _codes(np.where(pd_isna(brand_raw), "", brand_raw).astype(str))
-    brand = np.where(pd_isna(brand_raw), -1, brand)
+    side = side_information(prepared, train, recent)  # the same features SideMFBlock gets
+    cat, brand = side["item_category"], side["item_brand"]  # brand 0: none
+    recent_cat, recent_brand, mask = side["recent_category"], side["recent_brand"], side["recent_mask"] > 0
     pop = popularity_scores(prepared, train)
     prior = pop / (pop.max() + 1.0)  # below 1: only orders items within the same category/brand score
-    users = train[USER].to_numpy()
-    items = train[ITEM].to_numpy()
-    # the last `recent` training rows of each user (train is in time order)
-    order = np.argsort(users, kind="stable")
-    u_sorted, i_sorted = users[order], items[order]
-    starts = np.searchsorted(u_sorted, np.arange(prepared.n_users))
-    ends = np.searchsorted(u_sorted, np.arange(prepared.n_users), side="right")
 
     def score_chunk(chunk_users):
         out = np.broadcast_to(prior, (len(chunk_users), len(prior))).copy()
         for row, u in enumerate(chunk_users):
-            mine = i_sorted[max(starts[u], ends[u] - recent):ends[u]]
-            if len(mine) == 0:
+            if not mask[u, -1]:  # no training row (the last slot fills first)
                 continue
-            last = mine[-1]
-            out[row] += 4.0 * (cat == cat[last])
-            out[row] += 2.0 * np.isin(cat, cat[mine])
-            known_brands = brand[mine][brand[mine] >= 0]
+            out[row] += 4.0 * (cat == recent_cat[u, -1])
+            out[row] += 2.0 * np.isin(cat, recent_cat[u][mask[u]])
+            known_brands = recent_brand[u][mask[u] & (recent_brand[u] > 0)]
             if len(known_brands):
                 out[row] += 1.0 * np.isin(brand, known_brands)
         return out
@@ -158,17 +149,6 @@ def heuristic_scorer(prepared, train=None, recent: int = 5):
 
 def evaluate_heuristic(prepared, k: int = 10, **kwargs) -> dict:
     return evaluate_scores(heuristic_scorer(prepared, kwargs.get("train")), prepared, k, **kwargs)
-
-
-def _codes(values: np.ndarray) -> np.ndarray:
-    _, inverse = np.unique(values, return_inverse=True)
-    return inverse.astype(np.int64)
-
-
-def pd_isna(values) -> np.ndarray:
-    import pandas as pd
-
-    return pd.isna(values)
 
 
 def tower_vectors(net, n_users: int, n_items: int, batch: int = 65536):

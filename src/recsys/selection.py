@@ -73,16 +73,29 @@ LABELS = {"seed": "seed model (event_score)", "implicit": "MFBlock, BPR (implici
           "popularity": "popularity", "heuristic": "heuristic: recent categories and brands"}
 
 
-def train_preset(prepared, name: str, train=None, progress: bool = False, on_epoch=None, **overrides):
-    """Train the preset ``name`` (with ``overrides``) on ``train`` (default: all training rows); returns the net."""
+def preset_settings(name: str, **overrides) -> dict:
+    """The preset's training settings (without its ``kind``), with ``overrides``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: use one of {', '.join(sorted(PRESETS))}")
+    return {**{k: v for k, v in PRESETS[name].items() if k != "kind"}, **overrides}
+
+
+def _train(prepared, name: str, train=None, progress: bool = False, on_epoch=None, log=None, **overrides):
+    """``(net, train rows per second, extra metrics)`` of the preset ``name`` trained on ``train``."""
     from .training import fit, fit_side
 
-    settings = {**PRESETS[name], **overrides}
-    kind = settings.pop("kind")
-    if kind == "side":
-        net, _, _ = fit_side(prepared, train=train, progress=progress, on_epoch=on_epoch, **settings)
-        return net
-    return fit(prepared, train=train, progress=progress, on_epoch=on_epoch, log=lambda _: None, **settings).net
+    settings = preset_settings(name, **overrides)
+    if PRESETS[name]["kind"] == "side":
+        net, _, rate = fit_side(prepared, train=train, progress=progress, on_epoch=on_epoch, **settings)
+        return net, rate, {}
+    result = fit(prepared, train=train, progress=progress, on_epoch=on_epoch, log=log or (lambda _: None), **settings)
+    return result.net, result.train_rows_per_second, {"train_mse": result.last.get("train_mse"),
+                                                      "test_mse": result.last.get("test_mse")}
+
+
+def train_preset(prepared, name: str, train=None, progress: bool = False, on_epoch=None, **overrides):
+    """Train the preset ``name`` (with ``overrides``) on ``train`` (default: all training rows); returns the net."""
+    return _train(prepared, name, train=train, progress=progress, on_epoch=on_epoch, **overrides)[0]
 
 
 #: What the protocol may choose per model: epochs from checkpoints (every N, up to max), and a grid.
@@ -130,7 +143,7 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
         net = train_preset(prepared, name, progress=progress, **chosen)
         nets[name] = net
         rows[name] = row(val, evaluate_model(net, prepared, max_users=max_users, progress=progress))
-        choices[name] = {"settings": {**{k: v for k, v in PRESETS[name].items() if k != "kind"}, **chosen},
+        choices[name] = {"settings": preset_settings(name, **chosen),
                          "validation_hr_at_10": val["warm"]["hr_at_10"], "validation_curve": val_curve}
     for name, fn in (("popularity", evaluate_popularity), ("heuristic", evaluate_heuristic)):
         val = fn(prepared, test=split.test, train=split.train, max_users=max_users)
@@ -154,21 +167,9 @@ def train_and_save_preset(prepared, model_dir, name: str, progress: bool = True,
     from .artifacts import save_model
     from .metrics import evaluate_model
 
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: use one of {', '.join(sorted(PRESETS))}")
-    settings = {**{k: v for k, v in PRESETS[name].items() if k != "kind"}, **overrides}
+    settings = preset_settings(name, **overrides)
     t0 = time.perf_counter()
-    if PRESETS[name]["kind"] == "side":
-        from .training import fit_side
-
-        net, _, rate = fit_side(prepared, progress=progress, **settings)
-        extra = {}
-    else:
-        from .training import fit
-
-        result = fit(prepared, progress=progress, log=log, **settings)
-        net, rate = result.net, result.train_rows_per_second
-        extra = {"train_mse": result.last.get("train_mse"), "test_mse": result.last.get("test_mse")}
+    net, rate, extra = _train(prepared, name, progress=progress, log=log, **overrides)
     seconds = time.perf_counter() - t0
     ranking = evaluate_model(net, prepared, progress=progress)
     metrics = {"preset": name, **settings, **extra, "hr_at_10": ranking["hr_at_10"], "ndcg_at_10": ranking["ndcg_at_10"],

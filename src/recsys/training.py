@@ -45,6 +45,7 @@ import numpy as np
 from . import mx as _mx
 from .constants import DEFAULT_SEED, ITEM, LABEL, USER
 from .model import MFBlock, Towers, build
+from .prepare import side_information
 from .progress import progress_bar
 
 mx = _mx.mx
@@ -386,37 +387,6 @@ class SideConfig:
     init_scale: float = 0.05
     ctx: str = "auto"
     seed: int = DEFAULT_SEED
-
-
-def side_information(prepared, train=None, recent: int = 5) -> dict:
-    """Per item: category and brand codes (0: no brand); per user: the categories and brands of the
-    last ``recent`` training rows, left-padded, with a mask (``train`` is in time order)."""
-    train = prepared.train if train is None else train
-    products = prepared.products
-    _, cat = np.unique(products["category_id"].to_numpy(np.int64), return_inverse=True)
-    brand_raw = products["brand"].astype(object).where(products["brand"].notna(), None).to_numpy(object)
-    has_brand = np.array([b is not None for b in brand_raw])
-    brand = np.zeros(len(products), np.int64)
-    if has_brand.any():
-        _, codes = np.unique(brand_raw[has_brand].astype(str), return_inverse=True)
-        brand[has_brand] = codes + 1
-    users, items = train[USER].to_numpy(), train[ITEM].to_numpy()
-    order = np.argsort(users, kind="stable")
-    u_sorted, i_sorted = users[order], items[order]
-    ends = np.searchsorted(u_sorted, np.arange(prepared.n_users), side="right")
-    starts = np.searchsorted(u_sorted, np.arange(prepared.n_users))
-    rc = np.zeros((prepared.n_users, recent), np.int64)
-    rb = np.zeros((prepared.n_users, recent), np.int64)
-    mask = np.zeros((prepared.n_users, recent), np.float32)
-    for k in range(recent):  # slot recent-1-k holds the k-th most recent row
-        pos = ends - 1 - k
-        ok = pos >= starts
-        rows = i_sorted[pos[ok]]
-        rc[ok, recent - 1 - k] = cat[rows]
-        rb[ok, recent - 1 - k] = brand[rows]
-        mask[ok, recent - 1 - k] = 1.0
-    return {"item_category": cat, "item_brand": brand, "recent_category": rc, "recent_brand": rb, "recent_mask": mask,
-            "n_categories": int(cat.max()) + 1 if len(cat) else 1, "n_brands": int(brand.max()) + 1}
 
 
 def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, **overrides):
