@@ -83,8 +83,15 @@ test-slow: $(STAMP)
 test-gpu-extra: $(STAMP)
 	$(BIN)/python -m pytest -m gpu_extra $(PYTEST_ARGS)
 
+# the ranking table and the reference rankers whose figures the README quotes: the October sample
+BENCH_SAMPLE := data/sample/rees46_2019-Oct_head_0000-0250UTC.csv.gz
 bench: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do echo "=== $$b"; $(BIN)/python $$b; done
+	@echo "=== benchmarks/ranking_table.py $(BENCH_SAMPLE) --choose"
+	@$(BIN)/python benchmarks/ranking_table.py $(BENCH_SAMPLE) --choose
+	@echo "=== benchmarks/ranking_references.py (the October sample, prepared into benchmarks/_work/prepared)"
+	@$(BIN)/recsys prepare -q --force --out benchmarks/_work/prepared $(BENCH_SAMPLE) >/dev/null
+	@$(BIN)/python benchmarks/ranking_references.py benchmarks/_work/prepared
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks notebooks

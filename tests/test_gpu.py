@@ -1,9 +1,16 @@
 """The GPU guard, decided on faked device information (no GPU here): which compute capabilities run
 the mxnet-cu112 1.9.1 wheel, what ctx="auto" and ctx="gpu" do on each, and MXNet's "no kernel image"
-error turned into the guard's message."""
+error turned into the guard's message. The driver query (``gpu_devices``) against a stub
+``libcuda.so.1`` that reports devices of chosen compute capabilities."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
+import cuda_stub
 import recsys.mx as m
 from recsys.mx import GpuDevice, UnsupportedGPUError, choose_device, runs_wheel
 
@@ -87,3 +94,54 @@ def test_entry_point_uses_the_guard(monkeypatch, tmp_path):
     monkeypatch.setattr(m, "gpu_devices", lambda: [K80])
     monkeypatch.setattr(m, "_warned", set())
     assert m.context(entry.training_context({"SM_NUM_GPUS": "1"})) == m.mx.cpu()
+
+
+DRIVER_CHECK = r'''
+import json, os, sys
+import recsys.mx as m
+
+count = {"n": 0}
+m.num_gpus = lambda: count["n"]  # MXNet counts every GPU the driver has (the CPU build none): say so here
+out = {}
+for spec in sys.argv[1:]:
+    os.environ["RECSYS_STUB_GPUS"] = spec
+    count["n"] = len(spec.split(";")) if spec else 0
+    devices = m.gpu_devices()
+    got = {"devices": [[d.index, d.name, list(d.capability)] for d in devices]}
+    for ctx in ("auto", "gpu", "gpu:1"):
+        try:
+            got[ctx] = str(m.context(ctx))
+        except (m.UnsupportedGPUError, ValueError) as e:
+            got[ctx] = f"{type(e).__name__}: {e}"
+    out[spec] = got
+print(json.dumps(out))
+'''
+
+
+def test_gpu_devices_reads_the_driver_and_the_guard_decides_on_it(tmp_path):
+    """``gpu_devices()`` queries a real ``libcuda.so.1`` through ctypes: the stub driver of the gpu_extra tier
+    (tests/cuda_stub.py, compiled here; a C compiler is a setup requirement anyway), reporting devices of a
+    chosen compute capability. Runs in a fresh process whose LD_LIBRARY_PATH finds the stub first, so it runs
+    the same with the CPU build, the CUDA build and on a GPU host."""
+    stub = cuda_stub.build(tmp_path / "driver", os.path.join(os.path.dirname(m.mx.__file__), "libmxnet.so"))
+    specs = ["", "7.5 Tesla T4", "9.0 NVIDIA H100 80GB HBM3", "3.7 Tesla K80", "8.6 NVIDIA A10G;9.0 NVIDIA H200"]
+    env = {**os.environ, "LD_LIBRARY_PATH": str(stub)}
+    r = subprocess.run([sys.executable, "-c", DRIVER_CHECK, *specs], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got[""] == {"devices": [], "auto": "cpu(0)", "gpu": "ValueError: ctx='gpu': MXNet sees 0 GPU(s)",
+                       "gpu:1": "ValueError: ctx='gpu:1': MXNet sees 0 GPU(s)"}
+    t4 = got["7.5 Tesla T4"]
+    assert t4["devices"] == [[0, "Tesla T4", [7, 5]]]
+    assert t4["auto"] == t4["gpu"] == "gpu(0)"  # sm_75 runs the wheel
+    for spec, name, cap in (("9.0 NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB HBM3", "9.0"),
+                            ("3.7 Tesla K80", "Tesla K80", "3.7")):  # no kernels for these: CPU, or a clear error
+        assert got[spec]["devices"] == [[0, name, [int(cap[0]), int(cap[2])]]]
+        assert got[spec]["auto"] == "cpu(0)"
+        assert got[spec]["gpu"].startswith("UnsupportedGPUError: GPU 0 (" + name + f") has compute capability {cap}")
+    two = got["8.6 NVIDIA A10G;9.0 NVIDIA H200"]
+    assert two["devices"] == [[0, "NVIDIA A10G", [8, 6]], [1, "NVIDIA H200", [9, 0]]]
+    assert two["auto"] == two["gpu"] == "gpu(0)"
+    assert two["gpu:1"].startswith("UnsupportedGPUError: GPU 1 (NVIDIA H200) has compute capability 9.0")
+    assert "warning: GPU 0 (NVIDIA H100 80GB HBM3) has compute capability 9.0" in r.stderr

@@ -1,9 +1,9 @@
 """The `gpu` extra on a machine without a GPU (tier `gpu_extra`: it installs ~4 GB of wheels into its
 own virtualenv; `make test-gpu-extra`, run by .ci/run).
 
-A stub driver ``libcuda.so.1`` (every ``cu*`` function libmxnet.so imports, returning
-CUDA_ERROR_NO_DEVICE; ``cuGetProcAddress`` hands them out) stands in for the NVIDIA driver, as on a
-GPU host without a GPU visible. Checked in that virtualenv: every DT_NEEDED library of libmxnet.so
+A stub driver ``libcuda.so.1`` (``tests/cuda_stub.py``: every ``cu*`` function libmxnet.so imports,
+returning CUDA_ERROR_NO_DEVICE; ``cuGetProcAddress`` hands them out) stands in for the NVIDIA driver,
+as on a GPU host without a GPU visible. Checked in that virtualenv: every DT_NEEDED library of libmxnet.so
 is loaded after ``import recsys.mx``; the kit's fixed preload list is exactly the NEEDED libraries
 the CUDA wheels ship; nvblas, cufftw, OpenCL and cusolverMg are never loaded; SciPy's BLAS works
 after the preload; MXNet sees 0 GPUs; ``fit(ctx="auto")`` trains an epoch on the CPU."""
@@ -11,41 +11,14 @@ after the preload; MXNet sees 0 GPUs; ``fit(ctx="auto")`` trains an epoch on the
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+import cuda_stub
 from conftest import ROOT
 
 pytestmark = pytest.mark.gpu_extra
-
-CUDA_ERROR_NO_DEVICE = 100
-CUDA_ERROR_NOT_FOUND = 500
-
-
-def stub_source(symbols) -> str:
-    symbols = sorted(set(symbols) | {"cuInit", "cuDeviceGetCount", "cuDriverGetVersion"})
-    funcs = "\n".join(f"int {s}(void) {{ return {CUDA_ERROR_NO_DEVICE}; }}" for s in symbols)
-    table = "\n".join(f'    {{"{s}", (void *){s}}},' for s in symbols)
-    return textwrap.dedent("""\
-        /* A stand-in NVIDIA driver with no device: every entry point answers CUDA_ERROR_NO_DEVICE. */
-        #include <string.h>
-        {funcs}
-        static const struct {{ const char *name; void *fn; }} table[] = {{
-        {table}
-        }};
-        int cuGetProcAddress(const char *symbol, void **pfn, int version, unsigned long long flags) {{
-            for (unsigned i = 0; i < sizeof(table) / sizeof(table[0]); i++)
-                if (strcmp(symbol, table[i].name) == 0) {{ *pfn = table[i].fn; return 0; }}
-            *pfn = 0;
-            return {not_found};
-        }}
-        int cuGetProcAddress_v2(const char *symbol, void **pfn, int version, unsigned long long flags, void *status) {{
-            return cuGetProcAddress(symbol, pfn, version, flags);
-        }}
-        """).format(funcs=funcs, table=table, not_found=CUDA_ERROR_NOT_FOUND)
-
 
 CHECK = r'''
 import json, os, re, subprocess, sys
@@ -106,14 +79,9 @@ def test_gpu_extra_imports_on_a_machine_without_gpu(gpu_venv, tmp_path):
 
     py = gpu_venv / "bin" / "python"
     libmxnet = next(gpu_venv.glob("lib/python3*/site-packages/mxnet/libmxnet.so"))
-    symbols = subprocess.run(["nm", "-D", "--undefined-only", str(libmxnet)], capture_output=True, text=True,
-                             check=True).stdout.split()
-    stub_dir = tmp_path / "driver"
-    stub_dir.mkdir()
-    (stub_dir / "libcuda.c").write_text(stub_source(s for s in symbols if s.startswith("cu") and s[2:3].isupper()))
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(stub_dir / "libcuda.so.1"), str(stub_dir / "libcuda.c")],
-                   check=True)
+    stub_dir = cuda_stub.build(tmp_path / "driver", libmxnet)
     env = {**os.environ, "LD_LIBRARY_PATH": str(stub_dir), "RECSYS_PROGRESS": "0"}
+    env.pop(cuda_stub.ENV, None)  # no device visible
     r = subprocess.run([str(py), "-c", CHECK], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])

@@ -111,13 +111,25 @@ def test_defaults_are_todays_instance_types():
     assert 'train_instance_type = "ml.g4dn.xlarge"' in nb and 'deploy_instance_type = "ml.m5.large"' in nb
 
 
-def test_mx_module_preloads_nothing_on_a_cpu_build():
+def test_mx_module_preloads_what_the_installed_build_needs():
+    """The CPU build: nothing preloaded. A CUDA build (``make setup`` on a g4dn/g5/g6): each library of the fixed
+    list that the nvidia-* wheels ship, in order, and mapped into the process. Never nvblas and friends.
+    Which build is installed is read from MXNet itself (its compiled-in features)."""
     import recsys.mx as m
 
-    assert not m.cuda_build_installed()
-    assert m.CUDA_LIBS == []
+    cuda = m.mx.runtime.Features().is_enabled("CUDA")
+    assert m.cuda_build_installed() is cuda
     maps = Path("/proc/self/maps").read_text() if os.path.exists("/proc/self/maps") else ""
-    assert "libnvblas" not in maps
+    mapped = {os.path.realpath(line.split()[-1]) for line in maps.splitlines() if "/" in line}
+    if not cuda:
+        assert m.CUDA_LIBS == []
+    else:
+        nvidia = Path(m.mx.__file__).resolve().parent.parent / "nvidia"
+        shipped = [nvidia / folder / "lib" / name for folder, name in m.CUDA_WHEEL_LIBS
+                   if (nvidia / folder / "lib" / name).is_file()]
+        assert [Path(p).resolve() for p in m.CUDA_LIBS] == [p.resolve() for p in shipped]
+        assert {str(p.resolve()) for p in shipped} <= mapped
+    assert not [p for p in mapped if re.search(r"/lib(nvblas|cufftw|OpenCL|cusolverMg)[^/]*$", p)]
 
 
 def test_make_lab_serves_jupyterlab_on_loopback_with_the_kit_kernel(tmp_path):

@@ -2,10 +2,10 @@
 
 **CUDA libraries.** On a GPU setup (``make setup GPU=1``) ``mxnet-cu112`` links against the CUDA
 11 runtime libraries that the ``nvidia-*-cu11`` wheels unpack under ``site-packages/nvidia/*/lib``.
-The dynamic loader does not look there, so before importing MXNet this module loads exactly the
-libraries ``libmxnet.so`` names as DT_NEEDED (:data:`CUDA_WHEEL_LIBS`; a test reads the installed
-wheel's ELF header and compares), with ``RTLD_GLOBAL``, and only when a CUDA build of MXNet is
-installed. Nothing else from those folders is loaded: ``libnvblas`` exports ``sgemm_``/``dgemm_``
+The dynamic loader does not look there, so before importing MXNet this module loads the wheel
+libraries ``libmxnet.so`` names as DT_NEEDED plus ``libcublasLt.so.11``, which ``libcublas`` needs
+(:data:`CUDA_WHEEL_LIBS`; a test reads the installed wheels' ELF headers and compares), with
+``RTLD_GLOBAL``, and only when a CUDA build of MXNet is installed. Nothing else from those folders is loaded: ``libnvblas`` exports ``sgemm_``/``dgemm_``
 and would hijack SciPy's BLAS (a segfault), and ``libcufftw``, ``libOpenCL``, ``libcusolverMg``
 are not needed. A library that is not in a wheel (a system CUDA toolkit, the SageMaker GPU
 container) is left to the dynamic loader.
@@ -29,8 +29,9 @@ import os
 import sys
 from typing import NamedTuple, Optional, Tuple
 
-#: ``libmxnet.so``'s DT_NEEDED libraries that the ``gpu`` extra's wheels provide, in load order
-#: (each after what it links against): ``(folder under site-packages/nvidia, file name)``.
+#: ``libmxnet.so``'s DT_NEEDED libraries that the ``gpu`` extra's wheels provide, and ``libcublasLt``
+#: that ``libcublas`` needs, in load order (each after what it links against):
+#: ``(folder under site-packages/nvidia, file name)``.
 #: ``libcuda.so.1`` (the driver) and ``libgomp.so.1`` (the OS) come from the system.
 CUDA_WHEEL_LIBS = (
     ("cuda_runtime", "libcudart.so.11.0"),
