@@ -29,6 +29,8 @@
 # them as CSV batches of at most `max_batch_size` rows to the endpoint through the real boto3
 # `sagemaker-runtime` client, and replaces `predict` only once every row has its score. With
 # `mode="aws"` and an Aurora URL, the notebook also creates the real `recommend_score` function.
+# Section 6 scores a table the offline way, with a SageMaker Batch Transform job, and loads the
+# result into SQL.
 
 # %% tags=["parameters"]
 db_url = None  # default: sqlite:///outputs/recsys.sqlite; e.g. "mysql+pymysql://user:pass@host:3306/ecommerce"
@@ -40,6 +42,11 @@ region = None
 delete_endpoint = None  # aws mode: None or True deletes the endpoint, its configuration and model at the end
 cross_join_limit = 100_000
 max_batch_size = 10_000
+transform_rows = 20_000  # Batch Transform (section 6): the first pairs of `inputs` scored offline; 0 skips it
+transform_engine = "auto"  # local mode: "container" (AWS's MXNet serving stack), "local" (the kit's endpoint), "auto"
+bucket = None  # aws mode: S3 bucket for the transform's input and output (None: the session's default bucket)
+prefix = "sagemaker/DEMO-gluon-recsys"
+transform_instance_type = "ml.m5.large"
 top_n = 5
 show_users = 3
 output_dir = "outputs"
@@ -56,7 +63,8 @@ from recsys.report import write_metrics
 
 root = paths.project_root()
 out = paths.resolve(output_dir, root)
-prepared = Prepared.load(paths.resolve(prepared_dir, root) if prepared_dir else out / "prepared")
+prepared_path = paths.resolve(prepared_dir, root) if prepared_dir else out / "prepared"
+prepared = Prepared.load(prepared_path)
 model_path = paths.resolve(model, root) if model else out / "model_best"
 eng = sql.engine(db_url, out)
 print("database:", eng.dialect.name, "(default SQLite file under outputs/)" if db_url is None else "")
@@ -81,9 +89,17 @@ display_products
 # %%
 print(sql.aurora_function_sql(endpoint_name))
 if mode == "local":
-    from recsys.sagemaker.local import LocalEndpoint
+    from recsys.sagemaker.endpoint import LocalEndpoint
 
     endpoint = LocalEndpoint(model_path, name=endpoint_name).start()
+    try:  # a model trained on other data: one line that says so, rather than NULL scores and empty tables
+        note = sql.check_model_data(endpoint.model.recommender, prepared, paths.display(model_path, root),
+                                    paths.display(prepared_path, root))
+    except sql.ModelDataMismatch:
+        endpoint.stop()
+        raise
+    if note:
+        print(note)
     hp = endpoint.model.recommender.config["hyperparameters"]
     print(f"serving {paths.display(model_path, root)}: {hp.get('preset') or hp.get('objective')} "
           "(set the model parameter to another model directory or model.tar.gz to serve it instead)")
@@ -114,6 +130,7 @@ print(f"inputs: {inputs_rows:,} rows")
 # %%
 report = sql.score_table(eng, call, "inputs", "predict", max_batch_size=max_batch_size, progress=progress)
 r = report.as_dict()
+sql.check_scored(report, endpoint_name, paths.display(prepared_path, root))
 print(f"{r['predict_rows']:,} rows scored in {r['requests_sent']} requests of at most {max_batch_size:,} rows, "
       f"{r['pairs_per_second']:,.0f} pairs/s, {r['unknown_pairs']} unknown pairs (NULL)")
 
@@ -151,7 +168,66 @@ plots.save(fig, out / "figures" / "04_score_distribution.png")
 plt.show()
 
 # %% [markdown]
-# ## 6. Record, then stop the local endpoint (or delete the real one)
+# ## 6. Batch Transform: score a table offline, then load the scores into SQL
+#
+# A table too large to score row by row through an endpoint goes through a **Batch Transform** job
+# instead: the pairs as a CSV file (one `user_id,product_id` per line) on S3, the same model in the same
+# serving container, no endpoint. The job cuts the file into lines (`SplitType=Line`), packs whole lines
+# into requests of at most `MaxPayloadInMB` (`BatchStrategy=MultiRecord`), and writes `pairs.csv.out`
+# next to it: one line per input line, in order, the score or an empty line for an unknown pair
+# (`AssembleWith=Line`). Locally, `recsys.sagemaker.transform` runs that job on AWS's real MXNet serving
+# stack when the toolkits are installed (else on the kit's local endpoint; `recsys transform` is the
+# same job from the command line); with `mode="aws"`, `aws.batch_transform` runs it on SageMaker with
+# the endpoint's model. Then the output is loaded next to its input into `predict_batch`, and checked
+# against `predict`, which the endpoint scored in section 4. (Aurora reads the two files from S3 itself
+# with `LOAD DATA FROM S3`: the statements are printed below.)
+
+# %%
+transform = {}
+if transform_rows:
+    from recsys.sagemaker import transform as bt
+
+    batch_dir = out / "transform"
+    pairs_file = batch_dir / "input" / "pairs.csv"
+    exported = sql.export_pairs(eng, pairs_file, "inputs", limit=transform_rows)
+    if mode == "local":
+        job = bt.run_transform(model_path, [pairs_file], batch_dir / "output", engine=transform_engine,
+                               job_name="recsys-lab-transform", progress=progress)
+        scored_file = job.outputs[0]
+        where = f"s3://your-bucket/{prefix}/transform"
+        print(f"{job.records:,} lines through the {job.engine} in {job.requests} request(s) ({job.strategy}, "
+              f"MaxPayloadInMB={job.max_payload_mb}) -> {paths.display(scored_file, root)}")
+        if job.note:
+            print("note:", job.note)
+        transform = {"engine": job.engine, "requests": job.requests, "records_per_second": job.records_per_second}
+    else:
+        from recsys.sagemaker import aws
+
+        sm_session = aws.session(region)
+        bucket_name = bucket or sm_session.default_bucket()
+        where = f"s3://{bucket_name}/{prefix}/transform"
+        sm_session.upload_data(str(pairs_file), bucket=bucket_name, key_prefix=f"{prefix}/transform/input")
+        transformer = aws.batch_transform(aws.endpoint_model_name(endpoint_name, sm_session), f"{where}/input/",
+                                          f"{where}/output", sagemaker_session=sm_session,
+                                          instance_type=transform_instance_type)
+        scored_file = batch_dir / "output" / "pairs.csv.out"
+        sm_session.download_data(str(scored_file.parent), bucket_name,
+                                 key_prefix=f"{prefix}/transform/output/pairs.csv.out")
+        print(f"transform job {transformer.latest_transform_job.name}: {exported:,} lines -> "
+              f"{where}/output/pairs.csv.out")
+        transform = {"engine": "sagemaker", "job_name": transformer.latest_transform_job.name}
+    batch_rows = sql.load_transform_output(eng, pairs_file, scored_file, "predict_batch")
+    agreement = sql.score_agreement(eng, "predict", "predict_batch")
+    print(f"predict_batch: {batch_rows:,} rows; the same pairs in predict: {agreement['pairs']:,}, largest score "
+          f"difference {agreement['max_abs_diff'] or 0:.1e}, known in one and unknown in the other: "
+          f"{agreement['null_mismatch']}")
+    transform.update({"rows": batch_rows, "agreement": agreement})
+    print("\nOn Aurora MySQL, the same load from S3 (the cluster needs an S3 role in aws_default_s3_role):")
+    print(";\n".join(sql.aurora_load_from_s3_sql(f"{where}/input/pairs.csv", f"{where}/output/pairs.csv.out",
+                                                 "predict_batch")) + ";")
+
+# %% [markdown]
+# ## 7. Record, then stop the local endpoint (or delete the real one)
 
 # %%
 metrics = {
@@ -167,6 +243,7 @@ metrics = {
     "model": paths.display(model_path, root) if mode == "local" else endpoint_name,
     "score_zero_share": float((values == 0).mean()),
     "top_n_first_user": top[top["user_id"] == first_users.iloc[0]][["product_id", "recommend_score"]].to_dict("records"),
+    "transform": transform,
 }
 path = write_metrics("04_sql_scoring", metrics, out)
 if endpoint is not None:

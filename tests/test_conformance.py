@@ -16,7 +16,7 @@ import requests
 from recsys.artifacts import Recommender
 from recsys.sagemaker.bundle import mms_manifests
 from recsys.sagemaker.container import ServingStack
-from recsys.sagemaker.local import LocalEndpoint, package_model
+from recsys.sagemaker.endpoint import LocalEndpoint, package_model
 
 pytestmark = pytest.mark.container
 
@@ -25,6 +25,8 @@ KNOWN_DIFFERENCES = {
     "body limit": "real MMS: 6,553,500 bytes (413, empty body); local: 6,291,456, the Runtime API's limit, "
                   "which is what AWS enforces in front of the container",
     "response headers": "real MMS adds x-request-id, Pragma, Cache-Control and Expires",
+    "oversized body, Connection: close": "real MMS (Netty) answers 413 and closes at once, so a client that sends "
+                                         "its whole body first (urllib) gets a reset; local: 413 with the message",
 }
 
 
@@ -176,3 +178,47 @@ def test_body_limits_differ_only_as_listed(stacks):
     a, b = _post(real.url, "text/csv", "text/csv", over_mms), _post(local.url, "text/csv", "text/csv", over_mms)
     assert a.status_code == b.status_code == 413
     assert a.text == "" and b.text.strip()  # KNOWN_DIFFERENCES["body limit"]
+
+
+def _send_whole_body_then_read(url, body: bytes, headers: dict):
+    """http.client: no ``Expect: 100-continue``; the whole body goes out before the response is read."""
+    import http.client
+
+    host, port = url.rsplit("/", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("POST", "/invocations", body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, r.reason, r.read()
+    finally:
+        conn.close()
+
+
+def test_a_7_mb_body_from_a_client_that_sends_it_all_first_gets_413_from_both(stacks):
+    """A 7 MB body, over both limits, from a keep-alive client without ``Expect: 100-continue`` (as
+    http.client, requests and curl send): 413 from both, with an empty body from MMS and the message
+    from the local endpoint (KNOWN_DIFFERENCES["body limit"]). With ``Connection: close`` (urllib sends
+    it) MMS resets the connection instead, and the local endpoint still answers 413."""
+    import urllib.error
+    import urllib.request
+
+    real, local = stacks
+    body = b"1,2\n" * (7_000_000 // 4)
+    headers = {"Content-Type": "text/csv", "Accept": "text/csv"}
+    message = "body of 7000000 bytes is over the 6291456 byte limit"
+    assert _send_whole_body_then_read(real.url, body, headers) == (413, "Request Entity Too Large", b"")
+    assert _send_whole_body_then_read(local.url, body, headers) == (413, message, (message + "\n").encode())
+
+    def via_urllib(url):
+        try:
+            urllib.request.urlopen(urllib.request.Request(url + "/invocations", data=body, headers=headers), timeout=60)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except (urllib.error.URLError, ConnectionError) as e:
+            return type(getattr(e, "reason", e)).__name__, b""
+        raise AssertionError("a 7 MB body was accepted")
+
+    assert via_urllib(real.url) in {("ConnectionResetError", b""), ("BrokenPipeError", b"")}  # the listed difference
+    assert via_urllib(local.url) == (413, (message + "\n").encode())
+    for url in (real.url, local.url):  # both still serve
+        assert _post(url, "text/csv", "text/csv", "1,2\n").status_code == 200

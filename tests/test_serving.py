@@ -53,6 +53,25 @@ def test_csv_in_csv_out_in_order_with_unknown_and_empty_fields():
     assert out.split("\n") == ["110.0", "220.0", "", "", "120.0", ""]
 
 
+def test_csv_null_fields_are_unknown_ids_never_scored():
+    """SQL's NULL as Aurora writes it into a CSV batch (any case, quoted or not): that id is unknown, so the row's
+    answer is an empty CSV field / JSON null, and no made-up id (0) stands in for it."""
+    body = "1,10\nNULL,20\n2,null\n\"NULL\",\"Null\"\n2,20\n"
+    req = input_fn(body, "text/csv")
+    assert req.present.tolist() == [True, False, False, False, True]
+    assert req.user_ids[[0, 2, 4]].tolist() == [1, 2, 2] and req.product_ids[[0, 1, 4]].tolist() == [10, 20, 20]
+
+    class ZeroIsKnown(FakeRecommender):  # a model that would score id 0 if it were sent
+        def score(self, users, products):
+            return np.asarray(users) * 100.0 + np.asarray(products)
+
+    model = types.SimpleNamespace(recommender=ZeroIsKnown())
+    out, ctype = output_fn(predict_fn(req, model), "text/csv")
+    assert ctype == "text/csv" and out.split("\n") == ["110.0", "", "", "", "220.0", ""]
+    out, _ = output_fn(predict_fn(input_fn(body, "text/csv"), model), "application/json")
+    assert json.loads(out) == [110.0, None, None, None, 220.0]
+
+
 def test_one_row_csv_and_default_accept_mirrors_the_request():
     out, ctype = run("2,10", "text/csv", None)
     assert ctype == "text/csv" and out == "210.0\n"

