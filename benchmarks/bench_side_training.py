@@ -24,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     from bench_training import synthetic
 
-    from recsys.selection import PRESETS
+    from recsys.presets import user_settings
     from recsys.training import fit, fit_side
 
     data = synthetic(args.users, args.items, args.rows)
@@ -43,11 +43,11 @@ def main() -> None:
     n_pairs = len(np.unique(data.train["user"].to_numpy().astype(np.int64) * args.items + data.train["item"].to_numpy()))
     marks, cb = timer("side")
     t0 = time.perf_counter()
-    fit_side(data, progress=False, on_epoch=cb, **{**{k: v for k, v in PRESETS["side"].items() if k != "kind"}, "epochs": 2})
+    # the presets as they train at this size (the batch rule of recsys.presets applies), two epochs
+    fit_side(data, progress=False, on_epoch=cb, **user_settings("side", epochs=2))
     times["SideMFBlock (preset side)"] = n_pairs / (marks[1] - marks[0])
     marks, cb = timer("implicit")
-    fit(data, progress=False, on_epoch=cb, log=lambda _: None,
-        **{**{k: v for k, v in PRESETS["implicit"].items() if k != "kind"}, "epochs": 2})
+    fit(data, progress=False, on_epoch=cb, log=lambda _: None, **user_settings("implicit", epochs=2))
     times["MFBlock BPR (preset implicit)"] = n_pairs / (marks[1] - marks[0])
     print(f"{args.users:,} users x {args.items:,} items, {n_pairs:,} distinct training pairs "
           f"({time.perf_counter() - t0:.0f} s in all)")

@@ -42,6 +42,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from recsys import paths, plots
+from recsys.constants import EVENT_DIGITS, OTHER_EVENT_DIGIT
 from recsys.events import read_events
 from recsys.prepare import SUMMARY_KEYS, prepare
 from recsys.report import write_metrics
@@ -60,18 +61,22 @@ print("inputs:", [paths.display(f, root) for f in files])
 # ## 1. Load and concatenate
 #
 # The seed reads every column of both files with pandas (`error_bad_lines=False`, which drops
-# bad rows silently and no longer exists in pandas 2). `read_events` streams the files, reads
-# only the 8 columns it needs with compact types (ids stay exact `int64`; `category_id` has 19
-# digits), and **counts** the malformed rows it skips, with their line numbers.
+# bad rows silently and no longer exists in pandas 2): about 12 GiB for the two Kaggle months.
+# `read_events(..., lean=True)` streams the files and keeps, per row, only what the model needs
+# with compact types: `user_id`, `product_id` (exact `int64`), `event_time` and the event score,
+# 25 bytes a row. The product attributes (`category_id` has 19 digits, `category_code`, `brand`,
+# `price`) and the purchases are folded into side tables as the blocks arrive. Malformed rows are
+# **counted** and skipped, with their line numbers.
 
 # %%
-events, read_report = read_events(files, progress=progress)
+events, read_report, catalogue = read_events(files, progress=progress, lean=True)
 print(f"{read_report.rows_read:,} data rows read, {read_report.rows_valid:,} valid, "
       f"{read_report.rows_malformed:,} malformed (skipped)")
 for line in read_report.summary_lines():
     print("  " + line)
-print(f"in memory: {events.memory_usage(deep=True).sum() / 2**20:.1f} MiB for {len(events):,} rows")
-events.sample(5, random_state=seed)
+print(f"in memory: {events.memory_usage(deep=True).sum() / 2**20:.1f} MiB for {len(events):,} rows, plus "
+      f"{len(catalogue.products):,} products and {len(catalogue.purchases):,} purchases in side tables")
+events.sample(5, random_state=seed).merge(catalogue.products, on="product_id", how="left")
 
 # %% [markdown]
 # ## 2. Columns and event encoding
@@ -80,11 +85,10 @@ events.sample(5, random_state=seed)
 # unknown ones are counted so that nothing changes meaning silently.
 
 # %%
-encoding = (
-    events.groupby("event_type", observed=True)["event_type_digit"]
-    .agg(event_type_digit="first", events="size")
-    .sort_values("event_type_digit", ascending=False)
-)
+encoding = pd.DataFrame(
+    [(name, EVENT_DIGITS.get(name, OTHER_EVENT_DIGIT), n) for name, n in read_report.event_type_counts.items()],
+    columns=["event_type", "event_type_digit", "events"],
+).set_index("event_type").sort_values("event_type_digit", ascending=False)
 print("unknown event types (encoded as 1):", read_report.other_event_types or "none")
 encoding
 
@@ -92,17 +96,18 @@ encoding
 # ## 3. Distribution: events per user and per product
 #
 # The seed's quantiles, then the same counts as histograms on log-log axes. The dashed line is
-# the min-count filter of the next step.
+# the min-count filter of the next step. `prepare` counts the events once (and filters, indexes and
+# splits in the same pass); the explore cells use its counts.
 
 # %%
-user_counts = events["user_id"].value_counts()
-product_counts = events["product_id"].value_counts()
-fig = plots.count_distributions(user_counts.to_numpy(), product_counts.to_numpy(), min_user_events, min_product_events)
+prepared = prepare(events, min_user_events, min_product_events, read_report=read_report, catalogue=catalogue)
+del events  # everything below works on the prepared tables
+fig = plots.count_distributions(prepared.raw_counts["user"], prepared.raw_counts["product"], min_user_events,
+                                min_product_events)
 plots.save(fig, figures / "01_events_per_user_product.png")
 plt.show()
 
 # %%
-prepared = prepare(events, min_user_events, min_product_events, read_report=read_report)
 prepared.quantiles
 
 # %% [markdown]

@@ -45,22 +45,21 @@ dropout = 0.5
 objective = "event_score"
 ctx = "auto"
 seed = 42
+dense_rows = 50_000  # the dense-gradient comparison runs on the users of at most this many training rows
+validation_rows = 50_000  # the ranking table's choices are made on the users of at most this many training rows
+max_eval_users = 20_000  # test users ranked per model (a seeded sample when there are more; None: all)
 output_dir = "outputs"
 progress = True
 
 # %%
-import dataclasses
-
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from recsys import paths, plots
-from recsys.artifacts import save_model
+from recsys import paths, plots, presets, selection
 from recsys.model import build
 from recsys.mx import context, num_gpus
 from recsys.prepare import Prepared, prepare_files
 from recsys.report import write_metrics
-from recsys.selection import LABELS, best_kit_model, ranking_table
 from recsys.seeding import seed_everything
 from recsys.training import fit, predict
 
@@ -79,6 +78,11 @@ print(f"{prepared.n_users:,} users, {prepared.n_items:,} items, {len(prepared.tr
 
 # %% [markdown]
 # ## 1. Train with the seed's objective and hyperparameters
+#
+# The seed's model and settings, on all training rows: 3 epochs whatever the size of the data. The
+# progress bar (with its ETA) and each epoch's rate go to stderr; the table keeps the figures. Above
+# 1,000,000 rows the per-epoch train and test MSE are measured on a seeded sample of 1,000,000 rows of
+# each (`recsys.training.MSE_EVAL_ROWS`), so that an epoch's evaluation costs the same at any size.
 
 # %%
 hyper = dict(epochs=epochs, num_embeddings=num_embeddings, batch_size=batch_size, opt=opt, lr=lr,
@@ -92,10 +96,9 @@ pd.DataFrame(seed_run.history).set_index("epoch")[["loss", "train_mse", "test_ms
 # beat it on the test rows.
 
 # %%
-mean_label = float(prepared.train["event_type_digit"].mean())
-mean_test_mse = float(((prepared.test["event_type_digit"] - mean_label) ** 2).mean())
-verdict = "better" if seed_run.last["test_mse"] < mean_test_mse else "worse"
-print(f"always predicting the training mean ({mean_label:.3f}): test MSE {mean_test_mse:.3f}")
+baseline = selection.mean_predictor(prepared)
+verdict = "better" if seed_run.last["test_mse"] < baseline["test_mse"] else "worse"
+print(f"always predicting the training mean ({baseline['train_mean']:.3f}): test MSE {baseline['test_mse']:.3f}")
 print(f"the seed's model after {epochs} epochs: test MSE {seed_run.last['test_mse']:.3f}, {verdict} than that")
 
 # %% [markdown]
@@ -108,18 +111,25 @@ print(f"the seed's model after {epochs} epochs: test MSE {seed_run.last['test_ms
 # ## 2. Row updates against the seed's dense momentum SGD
 #
 # The kit updates only the embedding rows of each batch ("lazy" updates, as MXNet's
-# `lazy_update`); the seed's dense gradients move every row's momentum at every step. Same
-# data, same seed, both ways: the curves and the final MSE are comparable.
+# `lazy_update`); the seed's dense gradients move every row's momentum at every step, so each of
+# its steps costs the whole table. Same data, same seed, both ways: the curves and the final MSE are
+# comparable. The comparison runs on the users of at most `dense_rows` training rows (all of them on
+# the sample; a seeded sample of users on bigger data, where the dense update would take hours).
 
 # %%
-dense_net = build(prepared.n_users, prepared.n_items, num_embeddings, dropout, ctx=ctx, sparse_grad=False, seed=seed)
-dense_run = fit(prepared, progress=progress, objective=objective, net=dense_net, update="trainer", **hyper)
-fig = plots.training_curves({"kit (row updates)": seed_run.history, "seed (dense gradients)": dense_run.history},
-                           baseline=mean_test_mse)
+sub = selection.subsample_users(prepared, dense_rows, seed)
+kit_sub = seed_run if sub is prepared else fit(sub, progress=progress, objective=objective, **hyper)
+dense_net = build(sub.n_users, sub.n_items, num_embeddings, dropout, ctx=ctx, sparse_grad=False, seed=seed)
+dense_run = fit(sub, progress=progress, objective=objective, net=dense_net, update="trainer", **hyper)
+del dense_net
+print(("all" if sub is prepared else "a seeded sample of users with") +
+      f" {len(sub.train):,} training rows ({sub.n_users:,} users, {sub.n_items:,} items)")
+fig = plots.training_curves({"kit (row updates)": kit_sub.history, "seed (dense gradients)": dense_run.history},
+                            baseline=selection.mean_predictor(sub)["test_mse"])
 plots.save(fig, figures / "02_train_test_mse.png")
 plt.show()
-pd.DataFrame({"kit (row updates)": seed_run.last, "seed (dense gradients)": dense_run.last}).T[
-    ["train_mse", "test_mse", "rows_per_second"]].round(4)
+pd.DataFrame({"kit (row updates)": kit_sub.last, "seed (dense gradients)": dense_run.last}).T[
+    ["train_mse", "test_mse"]].round(4)
 
 # %% [markdown]
 # ## 3. The seed's check: every product for two users
@@ -127,12 +137,11 @@ pd.DataFrame({"kit (row updates)": seed_run.last, "seed (dense gradients)": dens
 # Dense users 6 and 7, as on the lab page (or the first two users on a smaller dataset).
 
 # %%
-net = seed_run.net
 u_a, u_b = (6, 7) if prepared.n_users > 7 else (0, min(1, prepared.n_users - 1))
 items = prepared.products.index.to_numpy()
 check = prepared.products[["product_id", "category_code", "brand"]].copy()
-check[f"u{u_a}_predictions"] = predict(net, [u_a] * len(items), items)
-check[f"u{u_b}_predictions"] = predict(net, [u_b] * len(items), items)
+check[f"u{u_a}_predictions"] = predict(seed_run.net, [u_a] * len(items), items)
+check[f"u{u_b}_predictions"] = predict(seed_run.net, [u_b] * len(items), items)
 check.sort_values(f"u{u_a}_predictions", ascending=False).head(10)
 
 # %%
@@ -150,7 +159,8 @@ plt.show()
 # For each test user, every product is scored, the user's training products are removed, and
 # the held-out product's rank gives HR@10 (is it in the top 10?) and NDCG@10 (how high?). **Ties
 # count against the test product**: a product with the same score ranks ahead of it, so a model
-# that cannot tell products apart gets no credit for the order they happen to be stored in.
+# that cannot tell products apart gets no credit for the order they happen to be stored in. Above
+# `max_eval_users` test users, a seeded sample of that many is ranked per model.
 #
 # The table compares, under one protocol:
 #
@@ -165,18 +175,30 @@ plt.show()
 #
 # **Validation protocol.** Settings are chosen on a validation split carved from the training rows
 # only (each warm user's last training row), by HR@10 of the warm validation users: the number of
-# epochs from checkpoints of one run, and for `SideMFBlock` the weight decay. Each model is then
-# trained again on all training rows with its choice and scored **once** on the test split. The
+# epochs from checkpoints of one run, and for `SideMFBlock` the weight decay. The choices are made on
+# the users of at most `validation_rows` training rows (all of them on the sample). Each model is then
+# trained again on **all** training rows with its choice and scored **once** on the test split. The
 # best kit model is the one with the highest *validation* score; `outputs/model_best/` is it.
+#
+# **Epochs and batch size at any size** (`recsys.presets`, printed below with its numbers): the epochs
+# chosen on the bounded validation sample are used as they are on data of that size; on more data the
+# number of examples processed stays what was chosen (at least one epoch), and the batch grows so that
+# an epoch keeps a minimum number of steps. On the sample both are exactly the chosen ones; on 100M
+# rows they are one epoch of large batches. The seed's model keeps its 3 epochs and batch of 1,024.
 
 # %%
-table, nets, choices = ranking_table(prepared, progress=progress)
-best = best_kit_model(table)
-shown = table.rename(index=LABELS)
+print(presets.describe_rules())
+table, choices, best, records = selection.rank_and_save(prepared, out, seed_run, progress=progress, ctx=ctx,
+                                                        seed=seed, max_users=max_eval_users,
+                                                        validation_rows=validation_rows)
+shown = table.rename(index=selection.LABELS)
 fig = plots.ranking_bars(shown, columns=("val_hr_at_10", "hr_at_10", "ndcg_at_10"))
 plots.save(fig, figures / "02_ranking.png")
 plt.show()
-print(f"best kit model by validation HR@10: {LABELS[best]}; settings: {choices[best]['settings']}")
+print(f"best kit model by validation HR@10: {selection.LABELS[best]}; settings: {choices[best]['settings']}")
+for name, c in choices.items():
+    if "epochs" in c:
+        print(f"{selection.LABELS[name]}: trained on all rows for {c['epochs']} epoch(s) in batches of {c['batch_size']:,}")
 shown[["val_hr_at_10", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10", "warm_ndcg_at_10"]].astype(float).round(3)
 
 # %% [markdown]
@@ -187,40 +209,17 @@ shown[["val_hr_at_10", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
 # side-information model learns that from the data and adds what a rule cannot (cold users, brands).
 
 # %% [markdown]
-# ## 5. Save the models and the figures
+# ## 5. The models and the figures
 #
-# `outputs/model/` holds the seed-objective model of section 1 (the one the workshop trains again
-# in notebook 03), `outputs/model_implicit/` the BPR one, and `outputs/model_best/` the best kit
-# model by validation score, which notebook 04 serves to SQL by default; each loads in a fresh
-# process with `recsys.artifacts.Recommender.load(dir)`.
+# Each kit model was saved as soon as it was trained and scored, with its own figures in its
+# `model_info.json`: `outputs/model/` the seed-objective model of section 1 (the one the workshop
+# trains again in notebook 03), `outputs/model_implicit/` the BPR one, `outputs/model_side/` the
+# side-information one, and `outputs/model_best/` a copy of the best kit model by validation score,
+# which notebook 04 serves to SQL by default; each loads in a fresh process with
+# `recsys.artifacts.Recommender.load(dir)`.
 
 # %%
-def ranking(name):
-    r = table.loc[name]
-    return {"val_hr_at_10": float(r["val_hr_at_10"]), "hr_at_10": float(r["hr_at_10"]),
-            "hr_at_10_se": float(r["hr_at_10_se"]), "ndcg_at_10": float(r["ndcg_at_10"]),
-            "warm_hr_at_10": float(r["warm_hr_at_10"]), "warm_ndcg_at_10": float(r["warm_ndcg_at_10"])}
-
-
-metrics = {
-    "mean_predictor": {"train_mean": mean_label, "test_mse": mean_test_mse},
-    "event_score": {"train_mse": seed_run.last["train_mse"], "test_mse": seed_run.last["test_mse"],
-                    **ranking("seed"), "history": [{k: h[k] for k in ("epoch", "loss", "train_mse", "test_mse")}
-                                                   for h in seed_run.history]},
-    "event_score_dense_gradients": {"train_mse": dense_run.last["train_mse"], "test_mse": dense_run.last["test_mse"]},
-    "implicit": ranking("implicit"),
-    "side": ranking("side"),
-    "popularity": ranking("popularity"),
-    "heuristic": ranking("heuristic"),
-    "best": {"name": best, "hr_at_10": float(table.loc[best, "hr_at_10"]), "ndcg_at_10": float(table.loc[best, "ndcg_at_10"]),
-             "val_hr_at_10": float(table.loc[best, "val_hr_at_10"])},
-    "selection": {name: choices[name] for name in choices},
-    "test_users": int(table.loc["popularity", "test_users"]),
-}
-save_model(out / "model", seed_run.net, prepared, dataclasses.asdict(seed_run.config), metrics["event_score"])
-save_model(out / "model_implicit", nets["implicit"], prepared, choices["implicit"]["settings"], metrics["implicit"])
-save_model(out / "model_best", nets[best], prepared, {"preset": best, **choices[best]["settings"]}, metrics[
-    "event_score" if best == "seed" else best])
+metrics = selection.train_local_metrics(prepared, seed_run, dense_run, table, choices, best, records, len(sub.train))
 path = write_metrics("02_train_local", metrics, out)
-print("saved", ", ".join(paths.display(out / d, root) for d in ("model", "model_implicit", "model_best")),
+print("saved", ", ".join(paths.display(out / d, root) for d in (*selection.MODEL_DIRS.values(), selection.BEST_DIR)),
       "and", paths.display(path, root))

@@ -134,9 +134,13 @@ def test_notebook_02_after_01_on_october_sample(tmp_path):
 @pytest.mark.notebook
 def test_notebook_03_local_mode(tmp_path):
     run_notebook("01_explore_clean_prepare", tmp_path)
-    run_notebook("03_sagemaker_train_deploy", tmp_path, epochs=2, latency_requests=50)
+    # the workshop's own job (preset "seed"), 2 epochs; the default preset "best" is the job test of test_sagemaker
+    run_notebook("03_sagemaker_train_deploy", tmp_path, preset="seed", epochs=2, latency_requests=50)
     m = json.loads((tmp_path / "metrics" / "03_sagemaker_train_deploy.json").read_text())
     assert m["mode"] == "local" and m["training"]["rows_malformed"] == 1
+    assert m["hyperparameters"] == {"preset": "seed", "num_embeddings": 64, "opt": "sgd", "lr": 0.02, "momentum": 0.9,
+                                    "wd": 0.0, "epochs": 2}
+    assert m["estimate"]["rows"] > 10_000 and m["estimate"]["total_seconds"] < 60  # said before the job started
     pred = m["predictions"]
     assert len(pred["json"]) == 2 and pred["csv"] == pytest.approx(pred["json"], rel=1e-6)
     assert pred["unknown_json"][1] is None and pred["unknown_csv"] == ["", ""]
@@ -155,8 +159,12 @@ def test_notebook_04_after_01_and_02(tmp_path, database):
 
     import sqlalchemy as sa
 
+    from recsys.prepare import Prepared
+    from recsys.training import train_and_save
+
     run_notebook("01_explore_clean_prepare", tmp_path)
-    run_notebook("02_train_local", tmp_path, prepared_dir=str(tmp_path / "prepared"), implicit_epochs=1)
+    # a model of this data (notebook 02's seed model, 1 epoch): notebook 04 is under test here, not 02
+    train_and_save(Prepared.load(tmp_path / "prepared"), tmp_path / "model", progress=False, epochs=1)
     params = {"prepared_dir": str(tmp_path / "prepared"), "model": str(tmp_path / "model"), "progress": False}
     server = None
     if database == "mariadb":  # fails, never skips, when the server is down
@@ -178,6 +186,36 @@ def test_notebook_04_after_01_and_02(tmp_path, database):
     assert m["requests_sent"] == 10 and m["unknown_pairs"] == 0 and m["pairs_per_second"] > 1_000
     assert len(m["top_n_first_user"]) == 5
     assert (tmp_path / "figures" / "04_score_distribution.png").is_file()
+
+
+def test_runner_run_refuses_a_parameter_the_notebook_does_not_declare(tmp_path):
+    """A misspelt parameter fails before anything runs (papermill would only warn and run the defaults)."""
+    from recsys.runner import run
+
+    with pytest.raises(ValueError, match="notebook 02_train_local has no parameter.s. implicit_epochs; it takes "):
+        run("02_train_local", tmp_path, {"implicit_epochs": 1})
+    assert not (tmp_path / "notebooks").exists()
+
+
+def test_runner_scrub_removes_stderr_and_fixes_the_injected_cell_id(tmp_path):
+    """Executed notebooks are the same bytes run after run: stderr (progress, timings) and papermill's
+    random id for the injected parameters cell do not stay in them."""
+    import nbformat
+
+    from recsys.runner import scrub
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(1)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="epoch 1/3: 42%|####  | 12k row/s\r")]
+    injected = nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["injected-parameters"]})
+    nb.cells = [injected, cell]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    scrub(path, tmp_path)
+    got = nbformat.read(path, as_version=4)
+    assert got.cells[0]["id"] == "injected-parameters"
+    assert [o["name"] for o in got.cells[1].outputs] == ["stdout"]
 
 
 def test_runner_reads_lists_the_way_a_shell_leaves_them():
@@ -209,6 +247,24 @@ def test_make_run_all_with_the_readmes_full_data_form(tmp_path):
     for name in ("02_train_local", "03_sagemaker_train_deploy", "04_sql_scoring"):
         assert (tmp_path / "metrics" / f"{name}.json").is_file()
     assert "Passed unknown parameter" not in r.stdout + r.stderr and "without encryption" not in r.stdout + r.stderr
+    assert "epoch 1/3" in r.stderr  # progress and timings stream to the terminal, not into the notebooks
+
+
+@pytest.mark.notebook
+def test_two_runs_of_make_run_all_give_byte_identical_notebooks(tmp_path):
+    """Timings go to stderr, which the runner keeps out of the executed notebooks; nothing else varies."""
+    import shutil
+
+    r = _make_run_all(tmp_path / "out", "")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    first = tmp_path / "first"
+    shutil.copytree(tmp_path / "out" / "notebooks", first)
+    r = _make_run_all(tmp_path / "out", "")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    names = sorted(p.name for p in first.iterdir())
+    assert names == [p.name for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+    for name in names:
+        assert (first / name).read_bytes() == (tmp_path / "out" / "notebooks" / name).read_bytes(), name
 
 
 @pytest.mark.notebook

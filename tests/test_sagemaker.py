@@ -16,7 +16,8 @@ import requests
 from conftest import OCT
 from recsys.artifacts import Recommender
 from recsys.sagemaker.bundle import ENTRY_POINT, REQUIREMENTS, build_bundle, bundle_files
-from recsys.sagemaker.local import LocalEndpoint, TrainingJobError, _cli_args, deploy_local, run_training_job
+from recsys.sagemaker.endpoint import LocalEndpoint, deploy_local
+from recsys.sagemaker.training_job import TrainingJobError, _cli_args, run_training_job
 
 HP = {"epochs": 2, "num_embeddings": 16, "opt": "sgd", "lr": 0.02, "momentum": 0.9, "wd": 0.0}
 
@@ -73,10 +74,37 @@ def test_cli_args_follow_the_training_toolkit():
 
 def test_bad_hyperparameter_message_reaches_failure(tmp_path):
     """argparse's exit(2) would give FailureReason 'ExecuteUserScriptError: ExitCode 2 ErrorMessage ""'."""
-    with pytest.raises(TrainingJobError, match="--epochs: invalid int value: 'ten'"):
+    with pytest.raises(TrainingJobError, match="--epochs: invalid whole number value: 'ten'"):
         run_training_job({**HP, "epochs": "ten"}, {"train": [OCT]}, tmp_path, job_name="bad-hp", log=lambda _: None)
     failure = (tmp_path / "bad-hp/output/failure").read_text()
-    assert failure == "HyperparameterError: argument --epochs: invalid int value: 'ten'"
+    assert failure == "HyperparameterError: argument --epochs: invalid whole number value: 'ten'"
+
+
+def test_the_job_trains_a_preset_under_the_real_toolkit(tmp_path):
+    """preset=best: the job's model is the side preset's, with its HR@10 on the October sample (the same
+    model as ``recsys train --preset best``, through the real training toolkit)."""
+    from recsys.prepare import prepare_files
+    from recsys.selection import train_and_save_preset
+
+    job = run_training_job({"preset": "best"}, {"train": [OCT]}, tmp_path / "jobs", job_name="preset-best",
+                           log=lambda _: None)
+    local = train_and_save_preset(prepare_files([OCT], progress=False), tmp_path / "local", "best", progress=False,
+                                  ctx="cpu")
+    assert job.metrics["preset"] == "best" and job.metrics["epochs"] == local["epochs"] == 40
+    assert job.metrics["hr_at_10"] == pytest.approx(local["hr_at_10"], abs=1e-9) and job.metrics["hr_at_10"] > 0.25
+    config = json.loads((job.root / "model" / "config.json").read_text())
+    assert config["architecture"]["kind"] == "side_mf" and config["hyperparameters"]["preset"] == "best"
+
+
+@pytest.mark.parametrize("hps, reason", [
+    ({"preset": "nonsense"}, "HyperparameterError: unknown preset 'nonsense': use one of best, implicit, seed, side"),
+    ({"epochz": 3}, "HyperparameterError: unknown hyperparameter(s): epochz; this entry point takes "),
+])
+def test_a_misspelt_hyperparameter_fails_the_job_with_one_line(hps, reason, tmp_path):
+    with pytest.raises(TrainingJobError) as e:
+        run_training_job(hps, {"train": [OCT]}, tmp_path, job_name="bad-name", log=lambda _: None)
+    failure = (tmp_path / "bad-name/output/failure").read_text()
+    assert failure.startswith(reason) and "\n" not in failure and failure in str(e.value)
 
 
 def test_entry_point_exits_2_on_a_bad_hyperparameter(tmp_path, monkeypatch):
@@ -97,11 +125,46 @@ def test_failing_job_leaves_failure_and_raises(tmp_path):
     assert str(e.value).startswith("training job bad failed")
 
 
-def test_entry_point_accepts_json_encoded_values():
+def test_entry_point_accepts_json_encoded_values_and_skips_the_platforms_own():
     from recsys.sagemaker.entry import parse_args
 
-    args, unknown = parse_args(["--opt", '"adam"', "--lr", "0.5", "--epochs", "3", "--mystery", "1"])
-    assert (args.opt, args.lr, args.epochs) == ("adam", 0.5, 3) and unknown == ["--mystery", "1"]
+    args, given = parse_args(["--opt", '"adam"', "--lr", "0.5", "--epochs", "3", "--_ps_port", "8000",
+                              "--sagemaker_program", "recommender.py", "--batch_size", "256.0"])
+    assert (args.opt, args.lr, args.epochs, args.batch_size) == ("adam", 0.5, 3, 256)
+    assert given == {"opt", "lr", "epochs", "batch_size"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochz", "3"], "unknown hyperparameter(s): epochz; this entry point takes "),
+    (["--epochs", "10.7"], "argument --epochs: invalid whole number value: '10.7'"),
+    (["--epochs", "true"], "argument --epochs: invalid whole number value: 'true'"),
+    (["--preset", "nonsense"], "unknown preset 'nonsense': use one of best, implicit, seed, side"),
+    (["--preset", "side", "--momentum", "0.5"], "hyperparameter(s) momentum do not apply to preset 'side'"),
+    (["--negatives", "3"], "hyperparameter(s) negatives do not apply to the seed's model (no preset)"),
+])
+def test_a_bad_hyperparameter_is_one_line_before_any_data_is_read(argv, message, tmp_path, monkeypatch):
+    from recsys.sagemaker import entry
+
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setenv("SM_CHANNEL_TRAIN", str(tmp_path / "no-such-channel"))  # it must fail before reading it
+    assert entry.main(argv) == 2
+    failure = (tmp_path / "failure").read_text()
+    assert failure.startswith("HyperparameterError: " + message) and "\n" not in failure
+
+
+def test_preset_hyperparameters_give_the_presets_settings():
+    from recsys.presets import preset_settings
+    from recsys.sagemaker import entry
+
+    args, given = entry.parse_args(["--preset", "best", "--epochs", "5", "--seed", "7"])
+    assert entry.training_settings(args, given) == ("best", {**preset_settings("best"), "epochs": 5,
+                                                             "scale_epochs": False, "seed": 7})
+    args, given = entry.parse_args(["--preset", "implicit"])
+    assert entry.training_settings(args, given) == ("implicit", preset_settings("implicit"))
+    assert entry.job_hyperparameters("best") == {"preset": "best"}
+    assert entry.job_hyperparameters("seed")["epochs"] == 10  # the workshop's job
+    with pytest.raises(ValueError, match="apply to preset 'seed' only"):
+        entry.job_hyperparameters("best", lr=0.1)
 
 
 def test_ping_and_invocations(endpoint, pairs):

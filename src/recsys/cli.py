@@ -112,12 +112,14 @@ def _cmd_train(args) -> dict:
     from .training import HYPERPARAMETERS, TrainConfig, train_and_save
 
     if args.preset:
-        from .selection import preset_settings, train_and_save_preset
+        from .presets import check
+        from .selection import train_and_save_preset
 
-        preset_settings(args.preset)  # an unknown name fails before anything is read
+        check(args.preset)  # an unknown name fails before anything is read
         target = _check_target(args.model_dir, args.force, "--model-dir")
         prepared = Prepared.load(args.prepared_dir)
-        overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+        # epochs given here are used as given; the preset's own are scaled to the data (recsys.presets)
+        overrides = {"epochs": args.epochs, "scale_epochs": False} if args.epochs is not None else {}
         with _replace_dir(target) as tmp:
             metrics = train_and_save_preset(prepared, tmp, args.preset, progress=not args.quiet, log=_err,
                                             ctx=args.ctx, seed=args.seed, **overrides)
@@ -161,6 +163,27 @@ def _cmd_sql_score(args) -> dict:
     return report.as_dict()
 
 
+def _cmd_transform(args) -> dict:
+    from .sagemaker.transform import check_settings, run_transform
+
+    check_settings(args.strategy, args.max_payload_mb, args.max_concurrent_transforms)  # before any work
+    for path in args.inputs:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no input file {path}")
+    if not Path(args.model).exists():
+        raise FileNotFoundError(f"no model at {args.model}")
+    target = _check_target(args.out, args.force, "--out")
+    with _replace_dir(target) as tmp:
+        job = run_transform(args.model, args.inputs, tmp, strategy=args.strategy, max_payload_mb=args.max_payload_mb,
+                            max_concurrent_transforms=args.max_concurrent_transforms, engine=args.engine,
+                            progress=not args.quiet)
+    result = job.as_dict()
+    result["outputs"] = [str(target / p.name) for p in job.outputs]
+    if job.note:
+        _err(f"note: {job.note}")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="recsys", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -191,10 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train the MF model on a prepared dataset and save a model directory")
     s.add_argument("prepared_dir", metavar="PREPARED_DIR", help="a directory written by `recsys prepare`")
     s.add_argument("--model-dir", required=True, help="output model directory")
+    from .presets import DESCRIPTIONS
+
     s.add_argument("--preset", default=None,
-                   help="train a model of notebook 02's ranking table with its settings instead: seed (the workshop's), "
-                        "implicit (MFBlock, BPR), side or best (SideMFBlock: history and attributes); the options "
-                        "below are then ignored, except --epochs, --ctx and --seed")
+                   help="train a model of notebook 02's ranking table with its settings instead: "
+                        + "; ".join(f"{k}: {v}" for k, v in sorted(DESCRIPTIONS.items()))
+                        + ". The options below are then ignored, except --epochs (used as given), --ctx and --seed")
     s.add_argument("--epochs", type=int, default=None, help=f"passes over the training rows (default: {d.epochs}, "
                    "or the preset's)")
     s.add_argument("--num-embeddings", type=int, default=d.num_embeddings, help="embedding and tower width")
@@ -230,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--region", default=None, help="AWS region for an endpoint name (default: the AWS configuration's)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_sql_score)
+
+    s = sub.add_parser("transform", help="a SageMaker Batch Transform job on local files: DIR/<input name>.out, a "
+                       "score per input line (empty: unknown pair), on AWS's MXNet serving stack when installed")
+    s.add_argument("model", metavar="MODEL", help="a model directory or a model.tar.gz")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="CSV files of user_id,product_id lines, no header")
+    s.add_argument("--out", required=True, help="output directory (one INPUT_NAME.out per input)")
+    s.add_argument("--strategy", choices=("MultiRecord", "SingleRecord"), default="MultiRecord",
+                   help="BatchStrategy: pack whole lines into each request, or one line per request")
+    s.add_argument("--max-payload-mb", type=int, default=6, help="MaxPayloadInMB: the largest request (1-6)")
+    s.add_argument("--max-concurrent-transforms", type=int, default=1, help="requests in flight at once")
+    s.add_argument("--engine", choices=("auto", "container", "local"), default="auto",
+                   help="container: AWS's MXNet serving stack (Multi Model Server, Java); local: the kit's endpoint; "
+                        "auto: the container when the toolkits and Java are installed and no other one runs")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_transform)
     return p
 
 
@@ -246,6 +287,8 @@ def main(argv=None) -> int:
 
     from .events import EventsFormatError
     from .prepare import EmptyDatasetError
+    from .sagemaker.container import ServingStackError
+    from .sagemaker.transform import TransformJobError
     from .sql import ScoringError
 
     args = build_parser().parse_args(argv)
@@ -268,7 +311,8 @@ def main(argv=None) -> int:
     except tarfile.TarError as e:
         _err(f"{prefix} {getattr(args, 'model', '')}: not a model.tar.gz or model directory ({_one_line(e)})")
         return 2
-    except (EventsFormatError, EmptyDatasetError, FileNotFoundError, ValueError, ScoringError, OSError) as e:
+    except (EventsFormatError, EmptyDatasetError, FileNotFoundError, ValueError, ScoringError, OSError,
+            TransformJobError, ServingStackError) as e:
         _err(f"{prefix} {_one_line(e)}")
         return 2
     if result is not None:

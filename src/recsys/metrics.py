@@ -52,12 +52,14 @@ def ranks(score_chunk, test_users, test_items, indptr, indices, n_items: int, k:
         for s in range(0, len(test_users), chunk):
             u = test_users[s:s + chunk]
             t = test_items[s:s + chunk]
-            scores = np.array(score_chunk(u), dtype=np.float64, copy=True)
+            scores = np.array(score_chunk(u), copy=True)  # the scorer's own precision (float32 for the models)
+            if not np.issubdtype(scores.dtype, np.floating):
+                scores = scores.astype(np.float64)
             rows = np.repeat(np.arange(len(u)), indptr[u + 1] - indptr[u])
             cols = np.concatenate([indices[indptr[x]:indptr[x + 1]] for x in u]) if len(u) else np.empty(0, np.int64)
             scores[rows, cols] = -np.inf  # exclude training items (never the test item: no leakage)
             target = scores[np.arange(len(u)), t][:, None]
-            out[s:s + chunk] = (scores >= target).sum(axis=1) - 1  # every tie ahead; minus the item itself
+            out[s:s + chunk] = np.count_nonzero(scores >= target, axis=1) - 1  # every tie ahead; minus the item itself
             bar.update(len(u))
     return out
 
@@ -132,17 +134,21 @@ def heuristic_scorer(prepared, train=None, recent: int = 5):
     pop = popularity_scores(prepared, train)
     prior = pop / (pop.max() + 1.0)  # below 1: only orders items within the same category/brand score
 
+    n_cat, n_brand = int(cat.max()) + 1 if len(cat) else 1, int(brand.max()) + 1 if len(brand) else 1
+
     def score_chunk(chunk_users):
-        out = np.broadcast_to(prior, (len(chunk_users), len(prior))).copy()
-        for row, u in enumerate(chunk_users):
-            if not mask[u, -1]:  # no training row (the last slot fills first)
-                continue
-            out[row] += 4.0 * (cat == recent_cat[u, -1])
-            out[row] += 2.0 * np.isin(cat, recent_cat[u][mask[u]])
-            known_brands = recent_brand[u][mask[u] & (recent_brand[u] > 0)]
-            if len(known_brands):
-                out[row] += 1.0 * np.isin(brand, known_brands)
-        return out
+        u = np.asarray(chunk_users)
+        rows = np.arange(len(u))[:, None]
+        m = mask[u]  # (users, recent): which recent slots hold a row (the last slot fills first)
+        # per user, a score for every category and every brand code; then one gather per item attribute
+        by_cat = np.zeros((len(u), n_cat))
+        in_recent = np.zeros((len(u), n_cat + 1), bool)  # the extra last column takes the empty slots
+        in_recent[rows, np.where(m, recent_cat[u], n_cat)] = True
+        by_cat += 2.0 * in_recent[:, :n_cat]
+        by_cat[np.arange(len(u)), recent_cat[u, -1]] += 4.0 * m[:, -1]
+        in_brand = np.zeros((len(u), n_brand + 1), bool)
+        in_brand[rows, np.where(m & (recent_brand[u] > 0), recent_brand[u], n_brand)] = True
+        return prior[None, :] + by_cat[:, cat] + 1.0 * in_brand[:, :n_brand][:, brand]
 
     return score_chunk
 
@@ -151,24 +157,40 @@ def evaluate_heuristic(prepared, k: int = 10, **kwargs) -> dict:
     return evaluate_scores(heuristic_scorer(prepared, kwargs.get("train")), prepared, k, **kwargs)
 
 
-def tower_vectors(net, n_users: int, n_items: int, batch: int = 65536):
-    """All user and item vectors of an MFBlock (inference mode), as float32 NumPy arrays."""
+def _run_tower(fn, n: int, ctx, batch: int = 65536) -> np.ndarray:
+    """``fn`` (a tower, inference mode) on ids ``0..n-1`` in batches, as one float32 array."""
     from .mx import mx
 
-    ctx = net.user_embeddings.weight.list_ctx()[0]
+    out = None
+    for s in range(0, n, batch):
+        block = fn(mx.nd.arange(s, min(n, s + batch), ctx=ctx, dtype="int64")).asnumpy()
+        if out is None:
+            out = np.empty((n, block.shape[1]), np.float32)
+        out[s:s + batch] = block
+    return out
 
-    def run(fn, n):
-        out = None
-        for s in range(0, n, batch):
-            block = fn(mx.nd.arange(s, min(n, s + batch), ctx=ctx)).asnumpy()
-            if out is None:
-                out = np.empty((n, block.shape[1]), np.float32)
-            out[s:s + batch] = block
-        return out if out is not None else np.empty((0, net.num_emb), np.float32)
 
-    return run(net.user_vectors, n_users), run(net.item_vectors, n_items)
+def tower_vectors(net, n_users: int, n_items: int, batch: int = 65536):
+    """All user and item vectors of a network of the MFBlock family (inference mode), as float32 arrays."""
+    ctx = next(iter(net.collect_params().values())).list_ctx()[0]  # any parameter: every block lives on one device
+    items = _run_tower(net.item_vectors, n_items, ctx, batch)
+    users = _run_tower(net.user_vectors, n_users, ctx, batch)
+    if users is None:  # no users: as wide as the items
+        users = np.empty((0, items.shape[1] if items is not None else 0), np.float32)
+    if items is None:
+        items = np.empty((0, users.shape[1]), np.float32)
+    return users, items
 
 
 def evaluate_model(net, prepared, k: int = 10, **kwargs) -> dict:
-    users, items = tower_vectors(net, prepared.n_users, prepared.n_items)
-    return evaluate_vectors(users, items, prepared, k, **kwargs)
+    """HR@K / NDCG@K of a network of the MFBlock family: every item vector once, and the user vectors of
+    the evaluated users only, chunk by chunk (the cost follows the evaluated users, not every user)."""
+    from .mx import mx
+
+    ctx = next(iter(net.collect_params().values())).list_ctx()[0]
+    item_t = np.ascontiguousarray(_run_tower(net.item_vectors, prepared.n_items, ctx).T)
+
+    def score_chunk(users):
+        return net.user_vectors(mx.nd.array(users, ctx=ctx, dtype="int64")).asnumpy() @ item_t
+
+    return evaluate_scores(score_chunk, prepared, k, **kwargs)

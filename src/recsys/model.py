@@ -160,8 +160,10 @@ class SideMFBlock(gluon.HybridBlock):
         last_mask = F.slice_axis(mask, axis=1, begin=-1, end=None)  # (batch, 1)
         last = F.broadcast_mul(self.last_category(F.slice_axis(rc, axis=1, begin=-1, end=None).reshape((-1,)))
                                + self.last_brand(F.slice_axis(rb, axis=1, begin=-1, end=None).reshape((-1,))), last_mask)
-        ctx = F.broadcast_mul(self.recent_category(rc) + self.recent_brand(rb), F.expand_dims(mask, axis=2))
-        recent = F.broadcast_div(F.sum(ctx, axis=1), F.maximum(F.sum(mask, axis=1, keepdims=True), 1.0))
+        # the mean over the recent rows that exist: (batch, 1, recent) x (batch, recent, d), one batched product
+        weights = F.broadcast_div(mask, F.maximum(F.sum(mask, axis=1, keepdims=True), 1.0))
+        recent = F.batch_dot(F.expand_dims(weights, axis=1), self.recent_category(rc) + self.recent_brand(rb))
+        recent = F.reshape(recent, shape=(0, -1))
         u = user_rows + last + recent
         return F.concat(u, F.ones_like(F.slice_axis(u, axis=1, begin=0, end=1)), dim=1)
 

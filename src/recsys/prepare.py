@@ -65,7 +65,8 @@ class Prepared:
     ``train``: ``user``, ``item`` (dense int32) and ``event_type_digit`` (int8), in time order
     (9 bytes a row: map to raw ids with ``users``/``products``).
     ``test``: one row per kept user, by ``user``: ``user``, ``item``, ``user_id``,
-    ``product_id``, ``event_type_digit``, ``event_time``.
+    ``product_id``, ``event_type_digit``, ``event_time``, ``earlier_events`` (the user's earlier rows
+    on the test product, left out of training: the test event re-visits that product).
     ``users``: one row per kept user, indexed by ``user``: ``user_id``, ``n_events`` (raw
     count), ``sum_purchase`` (sum of purchase prices, the workshop's ``users`` column).
     ``products``: one row per kept product, indexed by ``item``: ``product_id``,
@@ -80,6 +81,9 @@ class Prepared:
     products: pd.DataFrame
     quantiles: pd.DataFrame
     summary: dict
+    #: Events per user and per product before filtering (``{"user": array, "product": array}``), as
+    #: :func:`prepare` counted them: for notebook 01's plots; not saved.
+    raw_counts: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def n_users(self) -> int:
@@ -211,10 +215,13 @@ def prepare(
     test_item_of_user[user[is_test]] = item[is_test]
     in_train = test_item_of_user[user] != item  # a test pair never appears in train
     train = pd.DataFrame({USER: user[in_train], ITEM: item[in_train], LABEL: label[in_train]})
+    # earlier rows on each user's test product (left out of training): the test event re-visits it
+    earlier = np.bincount(user[~in_train & ~is_test], minlength=n_users)
     del in_train
     t_user, t_item = user[is_test], item[is_test]
     test = pd.DataFrame({USER: t_user, ITEM: t_item, USER_ID: user_ids[t_user], PRODUCT_ID: product_ids[t_item],
-                         LABEL: label[is_test], "event_time": times[is_test]})
+                         LABEL: label[is_test], "event_time": times[is_test],
+                         "earlier_events": earlier[t_user].astype(np.int32)})
     test = test.sort_values(USER, kind="stable").reset_index(drop=True)
     users = _user_table(user_ids, u_cnt, u_uniq, catalogue.purchases)
     products = _product_table(product_ids, p_cnt, p_uniq, catalogue.products)
@@ -240,7 +247,8 @@ def prepare(
     }
     if read_report is not None:
         summary["read"] = read_report.as_dict()
-    return Prepared(train=train, test=test, users=users, products=products, quantiles=quantiles, summary=summary)
+    return Prepared(train=train, test=test, users=users, products=products, quantiles=quantiles, summary=summary,
+                    raw_counts={"user": u_cnt, "product": p_cnt})
 
 
 def _dense(codes: np.ndarray, uniq: np.ndarray):

@@ -1,34 +1,36 @@
-"""The validation protocol and the ranking table of notebook 02.
+"""The validation protocol and the ranking table of notebook 02, at any size of data.
 
 * :func:`validation_split`: from the **training rows only**, each warm user's last training row
   becomes a validation row, and every training row on that (user, product) pair leaves the
   validation-training set (as the test split does), so choices never see the test rows.
-* Each model's free settings (the number of epochs, from checkpoints of one run; for the
-  side-information model also the weight decay) are chosen by validation HR@10 on the warm
-  validation users; the model is then trained again on all training rows with that choice and
-  scored **once** on the test split.
-* Presets (:data:`PRESETS`) are the settings the protocol chose on the October sample; ``recsys train
-  --preset NAME`` trains them on any prepared directory without choosing again.
+* Choices are made on a **bounded validation sample** (:func:`validation_sample`): the users of at most
+  :data:`VALIDATION_ROWS` training rows (every user below that, so the October and cosmetics samples
+  are used whole). Each model's free settings (the number of epochs, from checkpoints of one run, up
+  to a bounded :data:`SEARCH` maximum; for the side-information model also the weight decay) are
+  chosen by validation HR@10 of the warm validation users.
+* Each model is then trained again on **all** training rows with that choice, the epochs scaled to the
+  data by :mod:`recsys.presets`' rule (the same number of examples processed as the choice, at least
+  one epoch), and scored **once** on the test split.
+* Presets (:data:`PRESETS`, in :mod:`recsys.presets`) are the settings the protocol chose on the
+  October sample; ``recsys train --preset NAME`` and the SageMaker hyperparameter ``preset`` train them
+  on any prepared data without choosing again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .constants import ITEM, USER
+from .constants import DEFAULT_SEED, ITEM, USER
+from .metrics import MAX_EVAL_USERS
+from .presets import DESCRIPTIONS, PRESETS, REFERENCE_EXAMPLES, kind, preset_settings, user_settings  # noqa: F401
 
-#: The models of the ranking table and their settings. ``seed`` is the workshop's model, as the seed
-#: trains it; ``implicit`` and ``side`` are what the validation split of the October sample chose.
-PRESETS = {
-    "seed": {"kind": "mf", "objective": "event_score"},
-    "implicit": {"kind": "mf", "objective": "implicit", "epochs": 300, "num_embeddings": 32, "batch_size": 64,
-                 "lr": 0.1, "momentum": 0.0, "wd": 0.005, "dropout": 0.0, "init_magnitude": 10.0, "embedding_grad": "sum"},
-    "side": {"kind": "side", "epochs": 40, "num_embeddings": 32, "wd": 1e-4, "negatives": 8, "lr": 0.01},
-}
-PRESETS["best"] = PRESETS["side"]
+#: The validation sample's bound, in training rows (the presets' epochs rule uses the same number).
+VALIDATION_ROWS = REFERENCE_EXAMPLES
 
 
 @dataclasses.dataclass
@@ -46,6 +48,38 @@ def validation_split(prepared) -> ValidationSplit:
     val_item[val[USER].to_numpy()] = val[ITEM].to_numpy()
     keep = val_item[users] != train[ITEM].to_numpy()
     return ValidationSplit(train=train.loc[keep].reset_index(drop=True), test=val)
+
+
+def subsample_users(prepared, max_rows: int, seed: int = 0):
+    """``prepared`` restricted to a seeded random set of users whose training rows add up to at most
+    ``max_rows`` (``prepared`` itself when it has no more rows than that). Users are re-indexed densely
+    in their original order; the products (and their ids) are kept whole, so item indices do not change."""
+    from .prepare import Prepared
+
+    train = prepared.train
+    if len(train) <= max_rows:
+        return prepared
+    counts = np.bincount(train[USER].to_numpy(), minlength=prepared.n_users)
+    order = np.random.default_rng([seed, 11]).permutation(prepared.n_users)
+    chosen = np.sort(order[np.cumsum(counts[order]) <= max_rows])
+    new_id = np.full(prepared.n_users, -1, np.int64)
+    new_id[chosen] = np.arange(len(chosen))
+
+    def restrict(frame):
+        rows = frame.loc[new_id[frame[USER].to_numpy()] >= 0].reset_index(drop=True)
+        return rows.assign(**{USER: new_id[rows[USER].to_numpy()].astype(frame[USER].dtype)})
+
+    users = prepared.users.iloc[chosen].reset_index(drop=True)
+    users.index.name = USER
+    summary = {**prepared.summary, "subsample_of_users": int(prepared.n_users), "users_kept": int(len(chosen))}
+    return Prepared(train=restrict(train), test=restrict(prepared.test), users=users, products=prepared.products,
+                    quantiles=prepared.quantiles, summary=summary)
+
+
+def validation_sample(prepared, max_rows: int = VALIDATION_ROWS, seed: int = 0):
+    """``(sample, split)``: the bounded sample the protocol chooses on, and its validation split."""
+    sample = subsample_users(prepared, max_rows, seed)
+    return sample, validation_split(sample)
 
 
 def validation_scores(prepared, split: ValidationSplit, net, **kwargs) -> dict:
@@ -71,26 +105,29 @@ def choose_epochs(prepared, split: ValidationSplit, fit_checkpoints, every: int)
 KIT_MODELS = ("seed", "implicit", "side")
 LABELS = {"seed": "seed model (event_score)", "implicit": "MFBlock, BPR (implicit)", "side": "SideMF (history + attributes)",
           "popularity": "popularity", "heuristic": "heuristic: recent categories and brands"}
+#: Where notebook 02 saves each kit model (and the best one by validation, as ``model_best``).
+MODEL_DIRS = {"seed": "model", "implicit": "model_implicit", "side": "model_side"}
+BEST_DIR = "model_best"
 
 
-def preset_settings(name: str, **overrides) -> dict:
-    """The preset's training settings (without its ``kind``), with ``overrides``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: use one of {', '.join(sorted(PRESETS))}")
-    return {**{k: v for k, v in PRESETS[name].items() if k != "kind"}, **overrides}
-
-
-def _train(prepared, name: str, train=None, progress: bool = False, on_epoch=None, log=None, **overrides):
-    """``(net, train rows per second, extra metrics)`` of the preset ``name`` trained on ``train``."""
+def _train(prepared, name: str, train=None, progress: bool = False, on_epoch=None, log=None, cluster=None,
+           checkpoint_dir=None, **overrides):
+    """``(net, info)`` of the preset ``name`` trained on ``train``: ``info`` holds the epochs and batch size
+    used, the training rate and (for the MFBlock kinds) the last epoch's MSEs. ``cluster`` and
+    ``checkpoint_dir`` reach the training function (a multi-instance job; checkpoints every epoch)."""
     from .training import fit, fit_side
 
     settings = preset_settings(name, **overrides)
-    if PRESETS[name]["kind"] == "side":
-        net, _, rate = fit_side(prepared, train=train, progress=progress, on_epoch=on_epoch, **settings)
-        return net, rate, {}
-    result = fit(prepared, train=train, progress=progress, on_epoch=on_epoch, log=log or (lambda _: None), **settings)
-    return result.net, result.train_rows_per_second, {"train_mse": result.last.get("train_mse"),
-                                                      "test_mse": result.last.get("test_mse")}
+    common = {"cluster": cluster, "checkpoint_dir": checkpoint_dir}
+    if kind(name) == "side":
+        net, cfg, rate = fit_side(prepared, train=train, progress=progress, on_epoch=on_epoch, log=log, **common,
+                                  **settings)
+        return net, {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_rows_per_second": rate}
+    result = fit(prepared, train=train, progress=progress, on_epoch=on_epoch, log=log or (lambda _: None), **common,
+                 **settings)
+    return result.net, {"epochs": result.config.epochs, "batch_size": result.config.batch_size,
+                        "train_rows_per_second": result.train_rows_per_second,
+                        "train_mse": result.last.get("train_mse"), "test_mse": result.last.get("test_mse")}
 
 
 def train_preset(prepared, name: str, train=None, progress: bool = False, on_epoch=None, **overrides):
@@ -98,56 +135,82 @@ def train_preset(prepared, name: str, train=None, progress: bool = False, on_epo
     return _train(prepared, name, train=train, progress=progress, on_epoch=on_epoch, **overrides)[0]
 
 
-#: What the protocol may choose per model: epochs from checkpoints (every N, up to max), and a grid.
+#: What the protocol may choose per model on the validation sample: epochs from checkpoints (every N, up
+#: to max: a bound on the search's cost, max x VALIDATION_ROWS examples), and a grid of other settings.
 SEARCH = {
-    "implicit": {"every": 100, "max_epochs": 300, "grid": [{}]},
+    "implicit": {"every": 50, "max_epochs": 400, "grid": [{}]},
     "side": {"every": 10, "max_epochs": 60, "grid": [{"wd": 1e-4}, {"wd": 1e-3}]},
 }
 
 
-def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bool = False, max_users=None):
+def _row(val: dict, test: dict) -> dict:
+    return {"val_hr_at_10": val["warm"]["hr_at_10"], "hr_at_10": test["hr_at_10"], "hr_at_10_se": test["hr_at_10_se"],
+            "ndcg_at_10": test["ndcg_at_10"], "warm_hr_at_10": test["warm"]["hr_at_10"],
+            "warm_ndcg_at_10": test["warm"]["ndcg_at_10"], "test_users": test["users"], "sampled": test["sampled"]}
+
+
+def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bool = False, max_users=MAX_EVAL_USERS,
+                  ctx: str = "auto", seed: int = DEFAULT_SEED, trained: dict | None = None, on_model=None,
+                  validation_rows: int = VALIDATION_ROWS):
     """The validation protocol over the kit's models and the two baselines.
 
     Returns ``(table, nets, choices)``: ``table`` (DataFrame by model) has the warm validation users'
     HR@10 (``val_hr_at_10``) and the test split's HR@10 / NDCG@10 for all test users and for the warm
     ones, with standard errors; ``nets`` the kit's models trained on all training rows with the chosen
-    settings; ``choices`` what was chosen and its validation curve. ``choose=False`` uses the presets
-    as they are (``recsys train --preset``)."""
-    from .metrics import MAX_EVAL_USERS, evaluate_heuristic, evaluate_model, evaluate_popularity
+    settings; ``choices`` what was chosen, its validation curve, the epochs and batch size used on all rows.
 
-    max_users = MAX_EVAL_USERS if max_users is None else max_users
-    split = validation_split(prepared)
+    * ``choose=False`` uses the presets as they are (``recsys train --preset``).
+    * ``max_users``: test users ranked per model, as in :func:`recsys.metrics.evaluate_scores`: a seeded
+      sample of that many when there are more (default :data:`~recsys.metrics.MAX_EVAL_USERS`); ``None``
+      ranks every test user.
+    * ``ctx`` and ``seed`` reach every model trained here.
+    * ``trained``: ``{name: net}`` for kit models already trained on all training rows with their preset
+      (notebook 02's seed model), scored as they are instead of trained again.
+    * ``on_model(name, net, record)``: called as soon as a kit model is trained and scored (``record``:
+      its table row, settings and training figures); then the net is not kept (``nets`` is empty), so
+      that at most one full-size model is in memory at a time.
+    """
+    from .metrics import evaluate_heuristic, evaluate_model, evaluate_popularity
+
+    trained = dict(trained or {})
+    sample, split = validation_sample(prepared, validation_rows, seed)
+    common = {"ctx": ctx, "seed": seed}
     rows, nets, choices = {}, {}, {}
-
-    def row(val, test):
-        return {"val_hr_at_10": val["warm"]["hr_at_10"], "hr_at_10": test["hr_at_10"], "hr_at_10_se": test["hr_at_10_se"],
-                "ndcg_at_10": test["ndcg_at_10"], "warm_hr_at_10": test["warm"]["hr_at_10"],
-                "warm_ndcg_at_10": test["warm"]["ndcg_at_10"], "test_users": test["users"], "sampled": test["sampled"]}
-
     for name in models:
         search = SEARCH.get(name) if choose else None
         if search is None:
             chosen = {}
-            val = validation_scores(prepared, split, train_preset(prepared, name, train=split.train), max_users=max_users)
+            val_net = train_preset(sample, name, train=split.train, **common)
+            val = validation_scores(sample, split, val_net, max_users=max_users)
+            del val_net
             val_curve = None
         else:
             best = None
             for extra in search["grid"]:
-                result = choose_epochs(prepared, split, lambda cb: train_preset(
-                    prepared, name, train=split.train, on_epoch=cb, epochs=search["max_epochs"], **extra), search["every"])
+                result = choose_epochs(sample, split, lambda cb: train_preset(
+                    sample, name, train=split.train, on_epoch=cb, epochs=search["max_epochs"], **extra, **common),
+                    search["every"])
                 if best is None or result["hr_at_10"] > best[1]["hr_at_10"]:
                     best = (extra, result)
             chosen = {**best[0], "epochs": best[1]["epochs"]}
             val = {"warm": {"hr_at_10": best[1]["hr_at_10"]}}
             val_curve = best[1]["validation"]
-        net = train_preset(prepared, name, progress=progress, **chosen)
-        nets[name] = net
-        rows[name] = row(val, evaluate_model(net, prepared, max_users=max_users, progress=progress))
-        choices[name] = {"settings": preset_settings(name, **chosen),
-                         "validation_hr_at_10": val["warm"]["hr_at_10"], "validation_curve": val_curve}
+        if name in trained:
+            net, info = trained.pop(name), {}
+        else:
+            net, info = _train(prepared, name, progress=progress, **chosen, **common)
+        rows[name] = _row(val, evaluate_model(net, prepared, max_users=max_users, progress=progress))
+        choices[name] = {"settings": preset_settings(name, **chosen), "validation_hr_at_10": val["warm"]["hr_at_10"],
+                         "validation_curve": val_curve, "validation_sample_users": int(sample.n_users),
+                         **{k: info[k] for k in ("epochs", "batch_size") if k in info}}
+        if on_model is not None:
+            on_model(name, net, {**rows[name], **choices[name], **info})
+        else:
+            nets[name] = net
+        del net
     for name, fn in (("popularity", evaluate_popularity), ("heuristic", evaluate_heuristic)):
-        val = fn(prepared, test=split.test, train=split.train, max_users=max_users)
-        rows[name] = row(val, fn(prepared, max_users=max_users, progress=progress))
+        val = fn(sample, test=split.test, train=split.train, max_users=max_users)
+        rows[name] = _row(val, fn(prepared, max_users=max_users, progress=progress))
     table = pd.DataFrame(rows).T
     table.index.name = "model"
     return table, nets, choices
@@ -159,9 +222,30 @@ def best_kit_model(table) -> str:
     return max(kit, key=lambda m: table.loc[m, "val_hr_at_10"])
 
 
-def train_and_save_preset(prepared, model_dir, name: str, progress: bool = True, log=print, **overrides) -> dict:
-    """``recsys train --preset NAME``: train the preset on all training rows, rank the test users
-    (honest ties, sampled above ``MAX_EVAL_USERS``), save the model directory; returns the metrics."""
+def ranking_metrics(table, name: str) -> dict:
+    """One model's row of the ranking table as plain floats (what its metrics entry and model directory hold)."""
+    r = table.loc[name]
+    return {k: float(r[k]) for k in ("val_hr_at_10", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
+                                     "warm_ndcg_at_10")}
+
+
+def save_best(out_dir, table) -> tuple:
+    """Copy the best kit model's directory (by validation) to ``out_dir/model_best``; ``(name, path)``."""
+    out = Path(out_dir)
+    best = best_kit_model(table)
+    target = out / BEST_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(out / MODEL_DIRS[best], target)
+    return best, target
+
+
+def train_and_save_preset(prepared, model_dir, name: str, progress: bool = True, log=None, cluster=None,
+                          checkpoint_dir=None, **overrides) -> dict:
+    """``recsys train --preset NAME`` and the SageMaker job: train the preset on all training rows, rank
+    the test users (honest ties, sampled above ``MAX_EVAL_USERS``), save the model directory; returns the
+    metrics (the settings asked for, and the epochs and batch size used). On a host of a multi-instance
+    job other than the first, nothing is evaluated or saved (returns None)."""
     import time
 
     from .artifacts import save_model
@@ -169,12 +253,84 @@ def train_and_save_preset(prepared, model_dir, name: str, progress: bool = True,
 
     settings = preset_settings(name, **overrides)
     t0 = time.perf_counter()
-    net, rate, extra = _train(prepared, name, progress=progress, log=log, **overrides)
+    net, info = _train(prepared, name, progress=progress, log=log, cluster=cluster, checkpoint_dir=checkpoint_dir,
+                       **overrides)
     seconds = time.perf_counter() - t0
+    if cluster is not None and not cluster.is_first:
+        return None
     ranking = evaluate_model(net, prepared, progress=progress)
-    metrics = {"preset": name, **settings, **extra, "hr_at_10": ranking["hr_at_10"], "ndcg_at_10": ranking["ndcg_at_10"],
+    metrics = {"preset": name, **settings, **info, "hr_at_10": ranking["hr_at_10"], "ndcg_at_10": ranking["ndcg_at_10"],
                "hr_at_10_se": ranking["hr_at_10_se"], "warm_hr_at_10": ranking["warm"]["hr_at_10"],
-               "evaluated_users": ranking["users"], "evaluation_sampled": ranking["sampled"],
-               "train_rows_per_second": rate, "train_seconds": seconds}
-    save_model(model_dir, net, prepared, {"preset": name, **settings}, metrics)
+               "evaluated_users": ranking["users"], "evaluation_sampled": ranking["sampled"], "train_seconds": seconds}
+    save_model(model_dir, net, prepared, {"preset": name, **settings, **info}, metrics)
     return metrics
+
+
+# ---- notebook 02's bookkeeping: which network and which figures go where --------------------------
+
+def mean_predictor(prepared) -> dict:
+    """Always predicting the training rows' mean event score: the MSE baseline of the seed's model."""
+    mean = float(prepared.train["event_type_digit"].mean())
+    return {"train_mean": mean, "test_mse": float(((prepared.test["event_type_digit"] - mean) ** 2).mean())}
+
+
+def _mse_figures(run) -> dict:
+    return {"train_mse": run.last["train_mse"], "test_mse": run.last["test_mse"],
+            "history": [{k: h[k] for k in ("epoch", "loss", "train_mse", "test_mse")} for h in run.history]}
+
+
+def rank_and_save(prepared, out_dir, seed_run, progress: bool = False, ctx: str = "auto", seed: int = DEFAULT_SEED,
+                  max_users=MAX_EVAL_USERS, validation_rows: int = VALIDATION_ROWS):
+    """Notebook 02's ranking table, each kit model saved as soon as it is trained and scored.
+
+    ``seed_run`` (:class:`~recsys.training.FitResult` of the seed's model on all training rows) is the
+    table's ``seed`` model: the same network gets the MSEs and the ranking figures, in ``out_dir/model``.
+    Its network is handed over (``seed_run.net`` is None afterwards), so that at most one full-size
+    model is in memory at a time. Each other kit model goes to its :data:`MODEL_DIRS` entry with its own
+    figures, settings, and the epochs and batch size it was trained with; the best by validation is
+    copied to ``out_dir/model_best``. Returns ``(table, choices, best, records)``: ``records`` holds
+    each kit model's metrics entry (the figures of exactly that model)."""
+    import dataclasses as _dc
+
+    from .artifacts import save_model
+
+    out = Path(out_dir)
+    records = {}
+    hyper = {f.name: getattr(seed_run.config, f.name) for f in _dc.fields(seed_run.config)}
+
+    def save(name, net, record):
+        figures = {k: record[k] for k in ("val_hr_at_10", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
+                                          "warm_ndcg_at_10")}
+        if name == "seed":
+            entry = {**_mse_figures(seed_run), **figures}
+            hp = {"preset": "seed", **hyper}
+        else:
+            entry = {**figures, "settings": record["settings"], "epochs": record["epochs"],
+                     "batch_size": record["batch_size"]}
+            hp = {"preset": name, **record["settings"], "epochs": record["epochs"], "batch_size": record["batch_size"]}
+        records[name] = entry
+        save_model(out / MODEL_DIRS[name], net, prepared, hp, entry)
+
+    net, seed_run.net = seed_run.net, None
+    table, _, choices = ranking_table(prepared, progress=progress, ctx=ctx, seed=seed, trained={"seed": net},
+                                      on_model=save, max_users=max_users, validation_rows=validation_rows)
+    del net
+    best, _ = save_best(out, table)
+    return table, choices, best, records
+
+
+def train_local_metrics(prepared, seed_run, dense_run, table, choices, best: str, records: dict,
+                        dense_rows: int) -> dict:
+    """Notebook 02's metrics record (``outputs/metrics/02_train_local.json``): each entry describes one model."""
+    return {
+        "mean_predictor": mean_predictor(prepared),
+        "event_score": records["seed"],
+        "event_score_dense_gradients": {"train_mse": dense_run.last["train_mse"], "test_mse": dense_run.last["test_mse"],
+                                        "train_rows": int(dense_rows)},
+        **{name: records[name] for name in records if name != "seed"},
+        "popularity": ranking_metrics(table, "popularity"),
+        "heuristic": ranking_metrics(table, "heuristic"),
+        "best": {"name": best, **{k: float(table.loc[best, k]) for k in ("hr_at_10", "ndcg_at_10", "val_hr_at_10")}},
+        "selection": choices,
+        "test_users": int(table.loc["popularity", "test_users"]),
+    }

@@ -30,7 +30,9 @@ ENTRY_POINT = "recommender.py"
 #: recsys modules the entry point needs (training and inference), relative to the package.
 MODULES = (
     "__init__.py", "constants.py", "progress.py", "mx.py", "model.py", "training.py", "metrics.py",
-    "artifacts.py", "serving.py", "events.py", "prepare.py", "sagemaker/__init__.py", "sagemaker/entry.py",
+    "artifacts.py", "serving.py", "events.py", "prepare.py", "presets.py", "selection.py", "checkpoint.py",
+    "distributed.py",
+    "sagemaker/__init__.py", "sagemaker/entry.py",
 )
 #: Installed by the training container from requirements.txt (the MXNet 1.9 images ship mxnet and numpy<1.20).
 REQUIREMENTS = ("numpy>=1.16,<1.24", "pandas>=1.1,<2.3", "pyarrow>=14,<18", "tqdm>=4.66,<5")
