@@ -96,6 +96,10 @@ def info_file(model_dir) -> Path:
     return legacy if legacy.is_file() and not (d / INFO_FILE).is_file() else d / INFO_FILE
 
 
+def _context_of(net):
+    return next(iter(net.collect_params().values())).list_ctx()[0]
+
+
 class ModelDirError(ValueError):
     """The directory is not a complete, intact model directory."""
 
@@ -112,23 +116,48 @@ def _lookup(sorted_ids: np.ndarray, raw) -> tuple:
 class Recommender:
     """A loaded model: scores and recommendations on raw ids.
 
-    The towers are independent until the dot product, so every user and item vector is computed once at
-    load time and scoring is a dot product of two rows. The network itself is then dropped
-    (``keep_net=False``, the default): its parameters are a second full copy of the model (the user
-    table alone is as large as the user vectors: 4.2M users x 64 floats is 1 GiB each), and a serving
-    stack loads one model per worker."""
+    The towers are independent until the dot product, so scoring is a dot product of two rows. Every item
+    vector is computed once at load time. User vectors are too, for the models with a table row per user
+    (``MFBlock``, ``SideMFBlock``), and the network is then dropped (``keep_net=False``, the default): its
+    parameters would be a second full copy of the model (the user table alone is as large as the user
+    vectors: 4.2M users x 64 floats is 1 GiB each), and a serving stack loads one model per worker. A model
+    whose user vector comes from the user's stored history (``SequenceMFBlock``:
+    ``user_vectors_from_history``) keeps its network, which is small (histories: 25 bytes a user), and
+    computes the vectors of each request's users when it scores: 4.2M precomputed 130-wide vectors would
+    be 2 GiB a worker. :meth:`user_rows` gives either kind."""
 
     def __init__(self, net, user_ids: np.ndarray, product_ids: np.ndarray, popularity: np.ndarray,
                  config: dict, info: dict, keep_net: bool = False) -> None:
-        from .metrics import tower_vectors
+        import threading
+
+        from .metrics import _run_tower, tower_vectors
 
         self.user_ids = user_ids
         self.product_ids = product_ids
         self.popularity = popularity
         self.config = config
         self.info = info
-        self.user_vectors, self.item_vectors = tower_vectors(net, len(user_ids), len(product_ids))
-        self.net = net if keep_net else None
+        self.lazy_users = bool(getattr(net, "user_vectors_from_history", False))
+        self._lock = threading.Lock()  # a hybridised network must not run in two threads at once
+        if self.lazy_users:
+            self.user_vectors = None
+            self.item_vectors = _run_tower(net.item_vectors, len(product_ids), _context_of(net))
+            self.net = net
+        else:
+            self.user_vectors, self.item_vectors = tower_vectors(net, len(user_ids), len(product_ids))
+            self.net = net if keep_net else None
+
+    def user_rows(self, users: np.ndarray) -> np.ndarray:
+        """The vectors of dense user ids ``users`` (float32, one row each)."""
+        users = np.asarray(users, np.int64)
+        if not self.lazy_users:
+            return self.user_vectors[users]
+        from .mx import mx
+
+        uniq, inv = np.unique(users, return_inverse=True)
+        with self._lock:
+            rows = self.net.user_vectors(mx.nd.array(uniq, ctx=_context_of(self.net), dtype="int64")).asnumpy()
+        return rows[inv]
 
     @classmethod
     def load(cls, model_dir, ctx="auto", verify: bool = True, keep_net: bool = False) -> "Recommender":
@@ -177,7 +206,7 @@ class Recommender:
         ok = np.flatnonzero(ku & kp)
         for s in range(0, len(ok), SCORE_CHUNK):  # bounded temporaries: two (chunk x dims) blocks
             idx = ok[s:s + SCORE_CHUNK]
-            out[idx] = np.einsum("ij,ij->i", self.user_vectors[u[idx]], self.item_vectors[p[idx]], dtype=np.float64)
+            out[idx] = np.einsum("ij,ij->i", self.user_rows(u[idx]), self.item_vectors[p[idx]], dtype=np.float64)
         return out
 
     def recommend(self, user_id, k: int = 10, exclude=()) -> list:
@@ -187,7 +216,7 @@ class Recommender:
         pos, excluded = _lookup(self.product_ids, list(exclude))
         skip = pos[excluded]
         if known[0]:
-            scores = self.item_vectors @ self.user_vectors[u[0]]
+            scores = self.item_vectors @ self.user_rows(u[:1])[0]
             source = "model"
         else:
             scores = self.popularity.astype(np.float64)

@@ -18,7 +18,7 @@ PREPARE_ROWS_PER_SECOND = 600_000.0
 TRAIN_ROWS_PER_ROW = 0.85
 PAIRS_PER_ROW = 0.55
 #: Training examples per second of each kind of model, at the batch sizes the presets use at scale.
-TRAIN_RATE = {"mf": 240_000.0, "mf_implicit": 250_000.0, "side": 150_000.0}
+TRAIN_RATE = {"mf": 240_000.0, "mf_implicit": 250_000.0, "side": 150_000.0, "sequence": 150_000.0}
 #: Ranking the evaluation sample (20,000 users over the catalogue) and saving: seconds, roughly.
 EVALUATE_SECONDS = 60.0
 

@@ -100,6 +100,7 @@ def evaluate_scores(score_chunk, prepared, k: int = 10, max_users: int | None = 
     warm = (indptr[users + 1] - indptr[users]) > 0
     out = hit_rate_ndcg(r, k)
     out["warm"] = hit_rate_ndcg(r[warm], k)
+    out["cold"] = hit_rate_ndcg(r[~warm], k)  # users without a training row
     out["sampled"] = bool(sampled)
     return out
 

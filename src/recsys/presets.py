@@ -38,7 +38,7 @@ import math
 #: Training examples up to which a preset's epochs are used as they are (and the validation sample's bound).
 REFERENCE_EXAMPLES = 50_000
 MIN_STEPS_PER_EPOCH = 64
-MAX_BATCH = 4096
+MAX_BATCH = 2048
 
 #: ``kind`` picks the training function; the rest are its keyword arguments.
 PRESETS = {
@@ -48,15 +48,18 @@ PRESETS = {
                  "embedding_grad": "sum", "scale_epochs": True, "scale_batch": True},
     "side": {"kind": "side", "epochs": 40, "num_embeddings": 32, "wd": 1e-4, "negatives": 8, "lr": 0.01,
              "scale_epochs": True, "scale_batch": True},
+    "sequence": {"kind": "sequence", "epochs": 6, "scale_epochs": True, "scale_batch": True},
 }
-PRESETS["best"] = PRESETS["side"]
+PRESETS["best"] = PRESETS["sequence"]
 #: What each preset is, in one line (the command line's help, the notebooks' labels).
 DESCRIPTIONS = {
     "seed": "the workshop's MFBlock and hyperparameters (L2 loss on the event score)",
     "implicit": "MFBlock trained for ranking (BPR, sampled negatives)",
     "side": "SideMFBlock: history and attributes (BPR, 8 negatives, Adam)",
+    "sequence": "SequenceMFBlock: the last events through attention and learned transitions, tied item parts "
+                "(item, category, brand, price), sampled softmax",
 }
-DESCRIPTIONS["best"] = "the best kit model by validation: " + DESCRIPTIONS["side"]
+DESCRIPTIONS["best"] = "the best kit model by validation: " + DESCRIPTIONS["sequence"]
 
 
 def names() -> tuple:

@@ -49,7 +49,8 @@ def scrub(path: str | os.PathLike, root: Path | None = None) -> None:
         for key in _VOLATILE:
             cell.metadata.get("papermill", {}).pop(key, None)
         if "outputs" in cell:
-            cell["outputs"] = [o for o in cell["outputs"] if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            cell["outputs"] = _coalesced([o for o in cell["outputs"]
+                                          if not (o.get("output_type") == "stream" and o.get("name") == "stderr")])
         for out in cell.get("outputs", []):
             if "text" in out:
                 out["text"] = prefix.sub("", out["text"])
@@ -57,6 +58,19 @@ def scrub(path: str | os.PathLike, root: Path | None = None) -> None:
                 if mime.startswith("text/") and isinstance(value, str):
                     out["data"][mime] = prefix.sub("", value)
     nbformat.write(nb, path)
+
+
+def _coalesced(outputs: list) -> list:
+    """Consecutive stdout chunks as one output: how the kernel's writes were split into messages depends on
+    timing, the text does not."""
+    out = []
+    for o in outputs:
+        if (out and o.get("output_type") == "stream" and out[-1].get("output_type") == "stream"
+                and out[-1].get("name") == o.get("name")):
+            out[-1]["text"] = "".join(out[-1]["text"]) + "".join(o["text"])
+        else:
+            out.append(o)
+    return out
 
 
 def run(name: str, out_dir: str | os.PathLike = "outputs", parameters: dict | None = None,

@@ -102,11 +102,12 @@ def choose_epochs(prepared, split: ValidationSplit, fit_checkpoints, every: int)
     return {"epochs": int(best), "hr_at_10": curve[best], "validation": {str(e): v for e, v in curve.items()}}
 
 
-KIT_MODELS = ("seed", "implicit", "side")
+KIT_MODELS = ("seed", "implicit", "side", "sequence")
 LABELS = {"seed": "seed model (event_score)", "implicit": "MFBlock, BPR (implicit)", "side": "SideMF (history + attributes)",
-          "popularity": "popularity", "heuristic": "heuristic: recent categories and brands"}
+          "sequence": "SequenceMF (last events, transitions)", "popularity": "popularity",
+          "heuristic": "heuristic: recent categories and brands"}
 #: Where notebook 02 saves each kit model (and the best one by validation, as ``model_best``).
-MODEL_DIRS = {"seed": "model", "implicit": "model_implicit", "side": "model_side"}
+MODEL_DIRS = {"seed": "model", "implicit": "model_implicit", "side": "model_side", "sequence": "model_sequence"}
 BEST_DIR = "model_best"
 
 
@@ -119,6 +120,12 @@ def _train(prepared, name: str, train=None, progress: bool = False, on_epoch=Non
 
     settings = preset_settings(name, **overrides)
     common = {"cluster": cluster, "checkpoint_dir": checkpoint_dir}
+    if kind(name) == "sequence":
+        from .sequence import fit_sequence
+
+        net, cfg, rate = fit_sequence(prepared, train=train, progress=progress, on_epoch=on_epoch, log=log, **common,
+                                      **settings)
+        return net, {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_rows_per_second": rate}
     if kind(name) == "side":
         net, cfg, rate = fit_side(prepared, train=train, progress=progress, on_epoch=on_epoch, log=log, **common,
                                   **settings)
@@ -140,13 +147,38 @@ def train_preset(prepared, name: str, train=None, progress: bool = False, on_epo
 SEARCH = {
     "implicit": {"every": 50, "max_epochs": 400, "grid": [{}]},
     "side": {"every": 10, "max_epochs": 60, "grid": [{"wd": 1e-4}, {"wd": 1e-3}]},
+    # the loss: sampled softmax against BPR on the same negatives
+    "sequence": {"every": 2, "max_epochs": 20, "grid": [{"loss": "softmax"}, {"loss": "bpr"}]},
 }
 
 
 def _row(val: dict, test: dict) -> dict:
     return {"val_hr_at_10": val["warm"]["hr_at_10"], "hr_at_10": test["hr_at_10"], "hr_at_10_se": test["hr_at_10_se"],
             "ndcg_at_10": test["ndcg_at_10"], "warm_hr_at_10": test["warm"]["hr_at_10"],
-            "warm_ndcg_at_10": test["warm"]["ndcg_at_10"], "test_users": test["users"], "sampled": test["sampled"]}
+            "warm_ndcg_at_10": test["warm"]["ndcg_at_10"], "cold_hr_at_10": test["cold"]["hr_at_10"],
+            "test_users": test["users"], "sampled": test["sampled"]}
+
+
+def ceiling(prepared, k: int = 10) -> dict:
+    """What the protocol leaves reachable on the test split: the share of test items already among the
+    user's training items (excluded from the candidates, so never a hit; none, by the split's
+    construction), the share of test events that re-visit a product whose earlier rows the split left out
+    of training (``earlier_events``), the share of test items without any training row (only side
+    information can rank them), and the upper bound on HR@k for a model that ranks only products with a
+    training row: one minus the first and third shares."""
+    test, train = prepared.test, prepared.train
+    pairs = set(zip(train[USER].to_numpy().tolist(), train[ITEM].to_numpy().tolist())) if len(train) < 5_000_000 \
+        else None
+    n = max(len(test), 1)
+    if pairs is None:  # large data: the split guarantees it (a test pair never appears in train)
+        in_train = 0.0
+    else:
+        in_train = sum((u, i) in pairs for u, i in zip(test[USER].tolist(), test[ITEM].tolist())) / n
+    seen = np.bincount(train[ITEM].to_numpy(), minlength=prepared.n_items) > 0
+    no_row = float((~seen[test[ITEM].to_numpy()]).sum()) / n
+    revisits = float((test["earlier_events"].to_numpy() > 0).sum()) / n if "earlier_events" in test else float("nan")
+    return {"test_items_in_training_items": float(in_train), "test_revisits": revisits,
+            "test_items_without_training_row": no_row, f"hr_at_{k}_ceiling": 1.0 - float(in_train) - no_row}
 
 
 def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bool = False, max_users=MAX_EVAL_USERS,
@@ -183,13 +215,14 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
             val_net = train_preset(sample, name, train=split.train, **common)
             val = validation_scores(sample, split, val_net, max_users=max_users)
             del val_net
-            val_curve = None
+            val_curve, grid = None, None
         else:
-            best = None
+            best, grid = None, []
             for extra in search["grid"]:
                 result = choose_epochs(sample, split, lambda cb: train_preset(
                     sample, name, train=split.train, on_epoch=cb, epochs=search["max_epochs"], **extra, **common),
                     search["every"])
+                grid.append({"settings": extra, "epochs": result["epochs"], "validation_hr_at_10": result["hr_at_10"]})
                 if best is None or result["hr_at_10"] > best[1]["hr_at_10"]:
                     best = (extra, result)
             chosen = {**best[0], "epochs": best[1]["epochs"]}
@@ -201,7 +234,7 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
             net, info = _train(prepared, name, progress=progress, **chosen, **common)
         rows[name] = _row(val, evaluate_model(net, prepared, max_users=max_users, progress=progress))
         choices[name] = {"settings": preset_settings(name, **chosen), "validation_hr_at_10": val["warm"]["hr_at_10"],
-                         "validation_curve": val_curve, "validation_sample_users": int(sample.n_users),
+                         "validation_curve": val_curve, "grid": grid, "validation_sample_users": int(sample.n_users),
                          **{k: info[k] for k in ("epochs", "batch_size") if k in info}}
         if on_model is not None:
             on_model(name, net, {**rows[name], **choices[name], **info})
@@ -222,11 +255,13 @@ def best_kit_model(table) -> str:
     return max(kit, key=lambda m: table.loc[m, "val_hr_at_10"])
 
 
+FIGURES = ("val_hr_at_10", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10", "warm_ndcg_at_10", "cold_hr_at_10")
+
+
 def ranking_metrics(table, name: str) -> dict:
     """One model's row of the ranking table as plain floats (what its metrics entry and model directory hold)."""
     r = table.loc[name]
-    return {k: float(r[k]) for k in ("val_hr_at_10", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
-                                     "warm_ndcg_at_10")}
+    return {k: float(r[k]) for k in FIGURES}
 
 
 def save_best(out_dir, table) -> tuple:
@@ -299,8 +334,7 @@ def rank_and_save(prepared, out_dir, seed_run, progress: bool = False, ctx: str 
     hyper = {f.name: getattr(seed_run.config, f.name) for f in _dc.fields(seed_run.config)}
 
     def save(name, net, record):
-        figures = {k: record[k] for k in ("val_hr_at_10", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
-                                          "warm_ndcg_at_10")}
+        figures = {k: record[k] for k in FIGURES}
         if name == "seed":
             entry = {**_mse_figures(seed_run), **figures}
             hp = {"preset": "seed", **hyper}
@@ -333,4 +367,5 @@ def train_local_metrics(prepared, seed_run, dense_run, table, choices, best: str
         "best": {"name": best, **{k: float(table.loc[best, k]) for k in ("hr_at_10", "ndcg_at_10", "val_hr_at_10")}},
         "selection": choices,
         "test_users": int(table.loc["popularity", "test_users"]),
+        "ceiling": ceiling(prepared),
     }

@@ -112,7 +112,7 @@ def hyperparameter_types() -> dict:
     types.update({name: type(getattr(d, name)) for name in HYPERPARAMETERS})
     for config in _preset_configs().values():
         for f in dataclasses.fields(config):
-            if f.name not in _INTERNAL:
+            if f.name not in _INTERNAL and type(f.default) in (int, float, str, bool):  # scalars only
                 types.setdefault(f.name, type(f.default))
     return types
 
@@ -123,9 +123,10 @@ _INTERNAL = ("ctx", "update", "scale_epochs", "scale_batch")
 
 def _preset_configs() -> dict:
     """The configuration class of each preset kind (what hyperparameters apply to it)."""
+    from ..sequence import SequenceConfig
     from ..training import SideConfig, TrainConfig
 
-    return {"mf": TrainConfig, "side": SideConfig}
+    return {"mf": TrainConfig, "side": SideConfig, "sequence": SequenceConfig}
 
 
 def parse_args(argv=None):
@@ -159,7 +160,7 @@ def training_settings(args, given: set) -> tuple:
         except ValueError as e:
             raise HyperparameterError(str(e)) from None
     config = _preset_configs()[kind(args.preset) if args.preset is not None else "mf"]
-    fields = {f.name for f in dataclasses.fields(config)} - set(_INTERNAL)
+    fields = {f.name for f in dataclasses.fields(config) if type(f.default) in (int, float, str, bool)} - set(_INTERNAL)
     foreign = sorted(set(overrides) - fields)
     if foreign:
         model = f"preset {args.preset!r}" if args.preset is not None else "the seed's model (no preset)"
