@@ -1,8 +1,10 @@
-"""Training rate of the best kit model (``SideMFBlock``, preset ``side``) at 1M users and 300k items,
-next to the implicit ``MFBlock`` (preset ``implicit``) on the same synthetic pairs, in one run.
+"""Training rates of the ranking presets at 1M users and 300k items on the same synthetic rows, in one run:
+``sequence`` (the best kit model, SequenceMFBlock: next-product examples), ``side`` (SideMFBlock) and
+``implicit`` (MFBlock with BPR), each as its preset trains at this size (the batch rule of
+:mod:`recsys.presets` applies), two epochs.
 
-Prints (user, product) pairs per second of each, from the second of two epochs (the first also builds
-MXNet's cached graphs), and their ratio.
+Prints training pairs (examples) per second of each, from the second epoch (the first also builds MXNet's
+cached graphs), against the targets (>= 150k for sequence and side, >= 250k for implicit).
 
     python benchmarks/bench_side_training.py [--users 1000000 --items 300000 --rows 600000]
 """
@@ -10,6 +12,7 @@ MXNet's cached graphs), and their ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -22,39 +25,31 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=300_000)
     ap.add_argument("--rows", type=int, default=600_000)
     args = ap.parse_args()
-    from bench_training import synthetic
-
     from recsys.presets import user_settings
     from recsys.training import fit, fit_side
 
     data = synthetic(args.users, args.items, args.rows)
     rng = np.random.default_rng(1)
     data.products = pd.DataFrame({"category_id": rng.integers(0, 600, args.items),
-                                  "brand": pd.array(rng.integers(0, 3000, args.items).astype(str), dtype=object)})
-    times = {}
-
-    def timer(name):
-        marks = []
-
-        def on_epoch(epoch, net):
-            marks.append(time.perf_counter())
-        return marks, on_epoch
+                                  "brand": pd.array(rng.integers(0, 3000, args.items).astype(str), dtype=object),
+                                  "price": np.round(np.exp(rng.normal(4, 1.2, args.items)), 2)})
+    from recsys.sequence import Sequences, SequenceConfig, fit_sequence
 
     n_pairs = len(np.unique(data.train["user"].to_numpy().astype(np.int64) * args.items + data.train["item"].to_numpy()))
-    marks, cb = timer("side")
-    t0 = time.perf_counter()
-    # the presets as they train at this size (the batch rule of recsys.presets applies), two epochs
-    fit_side(data, progress=False, on_epoch=cb, **user_settings("side", epochs=2))
-    times["SideMFBlock (preset side)"] = n_pairs / (marks[1] - marks[0])
-    marks, cb = timer("implicit")
-    fit(data, progress=False, on_epoch=cb, log=lambda _: None, **user_settings("implicit", epochs=2))
-    times["MFBlock BPR (preset implicit)"] = n_pairs / (marks[1] - marks[0])
-    print(f"{args.users:,} users x {args.items:,} items, {n_pairs:,} distinct training pairs "
-          f"({time.perf_counter() - t0:.0f} s in all)")
-    for name, rate in times.items():
-        print(f"{name:32s} {rate:,.0f} pairs/s (second epoch)")
-    a, b = times.values()
-    print(f"ratio SideMFBlock / MFBlock BPR: {a / b:.2f}")
+    n_examples = len(Sequences.from_train(data.train, data.n_users).examples(SequenceConfig().targets))
+    rates, t0 = {}, time.perf_counter()
+    for name, train, n in (("sequence", fit_sequence, n_examples), ("side", fit_side, n_pairs), ("implicit", fit, n_pairs)):
+        marks = []
+        kw = {"log": lambda _: None} if train is fit else {}
+        train(data, progress=False, on_epoch=lambda epoch, net: marks.append(time.perf_counter()),
+              **kw, **user_settings(name, epochs=2))
+        rates[name] = n / (marks[1] - marks[0])
+    print(f"{args.users:,} users x {args.items:,} items, {args.rows:,} training rows: {n_pairs:,} distinct pairs, "
+          f"{n_examples:,} next-product examples ({time.perf_counter() - t0:.0f} s in all)")
+    for name, target in (("sequence", 150_000), ("side", 150_000), ("implicit", 250_000)):
+        verdict = "OK" if rates[name] >= target else "MISSED"
+        print(f"preset {name:9s} {rates[name]:>10,.0f} pairs/s (second epoch)   target >= {target:,}   {verdict}")
+    print(json.dumps({f"{k}_pairs_per_second": v for k, v in rates.items()}))
 
 
 if __name__ == "__main__":
@@ -62,4 +57,6 @@ if __name__ == "__main__":
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_training import synthetic  # noqa: E402
+
     main()
