@@ -102,6 +102,10 @@ def run_all(input_files: list, out: Path, label: str) -> dict:
         if line.startswith("=== "):
             now = time.perf_counter()
             times[current["name"]] = now - current["start"]
+            done = peaks.get(current["name"], {"peak_tree": 0})
+            if current["name"] != "setup":  # as each notebook ends, not only at the end
+                print(f"[{label}] {current['name']}: {times[current['name']]:.0f} s, peak {done['peak_tree'] / 2**30:.2f} GiB",
+                      flush=True)
             current.update(name=line[4:].strip(), start=now)
     rc = proc.wait()
     times[current["name"]] = time.perf_counter() - current["start"]

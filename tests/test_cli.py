@@ -153,7 +153,7 @@ def test_train_epoch_lines_go_to_stderr_and_one_json_line_to_stdout(tmp_path):
                        env={**os.environ, "RECSYS_PROGRESS": "1"})
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.strip().splitlines()) == 1 and json.loads(r.stdout)["epochs"] == 2
-    assert "epoch 1: loss" in r.stderr and "epoch 2: loss" in r.stderr
+    assert "epoch 1/2: loss" in r.stderr and "epoch 2/2: loss" in r.stderr
 
 
 def test_train_implicit_objective_from_the_command_line(tmp_path):

@@ -182,11 +182,9 @@ def test_row_updates_touch_only_the_batch_rows_and_equal_mxnet_lazy_adam():
     # the reference: the gradient of the same loss with respect to the whole tables, then MXNet's lazy Adam
     e0, b0 = net.item_embeddings.weight.data().copy(), net.item_bias.weight.data().copy()
     rows, brows = b["rows"], b["brows"]
-    filled = b["hist_idx"] < len(rows)
-    whole = {"hist_idx": np.where(filled, rows[np.where(filled, b["hist_idx"], 0)], data.n_items),  # empty: the zero row
+    whole = {"hist_idx": rows[b["hist_idx"]],  # an empty slot weighs nothing, whatever row it reads
              "pos_idx": rows[b["pos_idx"]], "neg_idx": rows[b["neg_idx"]], "pos_bidx": brows[b["pos_bidx"]],
-             "neg_bidx": brows[b["neg_bidx"]], "row_cat": codes["item_category"], "row_brand": codes["item_brand"],
-             "row_bucket": codes["item_price_bucket"]}
+             "neg_bidx": brows[b["neg_bidx"]], "part_idx": stepper._part_idx(np.arange(data.n_items))}
     ref = dict(x, **{k: nd.array(v, dtype="int64" if k.endswith("idx") else "float32") for k, v in whole.items()})
     ge, gb = e0.copy(), b0.copy()
     ge.attach_grad()

@@ -277,10 +277,13 @@ class _TrainGraph(gluon.HybridBlock):
         self.tables = net.tables
         self.part_names, self.loss, self.width = net.part_names, loss, net.width
 
-    def hybrid_forward(self, F, bumps, i_block, b_block, row_cat, row_brand, row_bucket, hist_idx, events, pos_idx,
+    def hybrid_forward(self, F, bumps, i_block, b_block, part_idx, hist_idx, events, pos_idx,
                        pos_bidx, pos_pop, loo, neg_idx, neg_bidx, neg_pop, offset):
         t = _as_dict(self.tables.names, self.tables(bumps))
-        rows = _item_parts(F, t, self.part_names, i_block, row_cat, row_brand, row_bucket)  # the batch's items
+        # the batch's items' parts with one lookup, not a concatenation of four: ``part_idx`` (rows, parts)
+        # indexes the item rows followed by the category, brand and price tables (see _Stepper._batch)
+        tables = [i_block, t["category"], t["brand"]] + ([t["price"]] if "price" in self.part_names else [])
+        rows = F.reshape(F.take(F.concat(*tables, dim=0), part_idx), (0, -1))  # (rows, parts * d)
         # an empty history slot points at row 0: its weight in the pooling and as the last event is zero
         u, bias_weight = _user_parts(F, t, len(self.part_names), F.take(rows, hist_idx), events)
         pos_bias = _item_bias(F, t, F.take(b_block, pos_bidx), pos_pop)
@@ -521,16 +524,22 @@ def fit_sequence(prepared, train=None, progress: bool = True, on_epoch=None, log
                 mx.random.seed(epoch_seed(cfg.seed, epoch))
                 order = rng.permutation(len(pos))
                 t0 = time.perf_counter()
-                loss_sum = 0.0
+                loss_sum, pending = 0.0, None
                 for s in range(0, len(order), chunk):
                     idx = order[s:s + chunk]
                     p = pos[idx]
                     targets = seqs.items[p]
                     hist, events = seqs.histories(p, seqs.starts[seqs.users[p]], cfg.history, exclude=targets)
-                    # one wait per chunk (the loss): MXNet runs ahead asynchronously, and the inputs of every
-                    # queued chunk would be held at once
-                    loss_sum += step.chunk(targets, hist, events, own[idx])
-                    bar.update(len(idx))
+                    total = step.chunk(targets, hist, events, own[idx])  # queued: MXNet runs asynchronously
+                    # wait for the previous chunk only: the host builds this chunk's inputs while the engine
+                    # trains the last one, and at most two chunks' inputs are held at once
+                    if pending is not None:
+                        loss_sum += float(pending[0].asscalar())
+                        bar.update(pending[1])
+                    pending = (total, len(idx))
+                if pending is not None:
+                    loss_sum += float(pending[0].asscalar())
+                    bar.update(pending[1])
                 seconds = time.perf_counter() - t0
                 t_total += seconds
                 n_total += len(order)
@@ -545,7 +554,7 @@ def fit_sequence(prepared, train=None, progress: bool = True, on_epoch=None, log
 
 
 #: The per-batch inputs of :class:`_TrainGraph`, in its order, after the price bumps and the two row blocks.
-BATCH_INPUTS = ("row_cat", "row_brand", "row_bucket", "hist_idx", "events", "pos_idx", "pos_bidx", "pos_pop", "loo",
+BATCH_INPUTS = ("part_idx", "hist_idx", "events", "pos_idx", "pos_bidx", "pos_pop", "loo",
                 "neg_idx", "neg_bidx", "neg_pop", "offset")
 
 
@@ -561,7 +570,8 @@ class _Stepper:
         self.brand = codes["item_brand"].astype(np.int64)
         self.bucket = codes["item_price_bucket"].astype(np.int64)
         self.log_pop = codes["item_log_popularity"]
-        self.n_categories = codes["n_categories"]
+        self.n_categories, self.n_brands = codes["n_categories"], codes["n_brands"]
+        self.price_parts = "price" in net.part_names
         self.graph = _TrainGraph(net, cfg.loss)
         self.graph.hybridize()  # not static_alloc: its inputs change shape from batch to batch
         # the small tables' deviations from their start decay with weight `prior` examples / all examples
@@ -612,8 +622,7 @@ class _Stepper:
         count = np.expm1(self.log_pop[targets])
         f32 = np.float32
         return {
-            "rows": rows, "brows": brows, "row_cat": self.cat[rows].astype(f32),
-            "row_brand": self.brand[rows].astype(f32), "row_bucket": self.bucket[rows].astype(f32),
+            "rows": rows, "brows": brows, "part_idx": self._part_idx(rows),
             "hist_idx": np.where(filled, np.searchsorted(rows, hist_safe), 0),  # an empty slot weighs nothing
             "events": events.astype(f32),
             "pos_idx": np.searchsorted(rows, targets), "pos_bidx": np.searchsorted(brows, targets),
@@ -624,9 +633,18 @@ class _Stepper:
             "neg_pop": self.log_pop[neg], "offset": offset,
         }
 
+    def _part_idx(self, rows: np.ndarray) -> np.ndarray:
+        """Per item row, where each of its parts is in the training graph's stacked table: the batch's item
+        rows (``len(rows)``), then the category table (+ its empty row), the brand table, the price table."""
+        r = len(rows)
+        cols = [np.arange(r), r + self.cat[rows], r + self.n_categories + 1 + self.brand[rows]]
+        if self.price_parts:
+            cols.append(r + self.n_categories + 1 + self.n_brands + self.bucket[rows])
+        return np.stack(cols, axis=1)
+
     def chunk(self, targets, hist, events, own) -> float:
         """Train on these examples, ``batch_size`` at a time; the inputs of all batches go to the device in one
-        copy per array (each ``nd.array`` waits for the engine). Returns the summed loss."""
+        copy per array. Returns the summed loss, an NDArray that the engine fills when the chunk is done."""
         bs = self.cfg.batch_size
         batches = [self._batch(targets[s:s + bs], hist[s:s + bs], events[s:s + bs], own[s:s + bs])
                    for s in range(0, len(targets), bs)]
@@ -641,7 +659,7 @@ class _Stepper:
                 view[key] = value[at[key]:at[key] + len(b[key])]
                 at[key] += len(b[key])
             total += self.step(view, len(b["pos_idx"]))
-        return float(total.asscalar())
+        return total
 
     def step(self, x: dict, n: int):
         i_block, b_block = self.items.gather(x["rows"]), self.bias.gather(x["brows"])

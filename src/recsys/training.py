@@ -295,12 +295,19 @@ def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None, l
             order = rng.permutation(n)  # every host draws the same permutation; each trains its shard
             batches = cluster.shard(order, cfg.batch_size)
             mine = sum(len(b) for b in batches)
-            loss_sum = 0.0
+            loss_sum, pending = 0.0, None
             t0 = time.perf_counter()
             for c in range(0, len(batches), BATCHES_PER_CHUNK):
                 part = batches[c:c + BATCHES_PER_CHUNK]
-                loss_sum += step.chunk(users, items, labels, part)
-                bar.update(sum(len(b) for b in part) * (n / max(mine, 1)))
+                total = step.chunk(users, items, labels, part)  # queued: MXNet runs asynchronously
+                # wait for the previous chunk only: the host plans this chunk while the engine trains the last
+                if pending is not None:
+                    loss_sum += float(pending[0].asscalar())
+                    bar.update(pending[1])
+                pending = (total, sum(len(b) for b in part) * (n / max(mine, 1)))
+            if pending is not None:
+                loss_sum += float(pending[0].asscalar())
+                bar.update(pending[1])
             nd.waitall()
             seconds = time.perf_counter() - t0
             seconds_total += seconds
@@ -325,7 +332,7 @@ def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None, l
             if on_epoch is not None:
                 on_epoch(epoch + 1, net)
             if progress:
-                log(f"epoch {epoch + 1}: loss {record['loss']:.4f}  train MSE {record['train_mse']:.4f}  "
+                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}  train MSE {record['train_mse']:.4f}  "
                     f"test MSE {record['test_mse']:.4f}  ({record['rows_per_second']:,.0f} rows/s)")
     rate = rows_total / seconds_total if seconds_total > 0 else float("nan")
     return FitResult(net=net, history=history, config=cfg, train_rows_per_second=rate)
@@ -364,10 +371,11 @@ class _Stepper:
         """Uniformly sampled negative items (BPR)."""
         return self.rng.integers(0, self.n_items, n)
 
-    def chunk(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray, batches: list) -> float:
-        """Run these batches (index arrays into the rows) one step each; return the summed loss."""
+    def chunk(self, users: np.ndarray, items: np.ndarray, labels: np.ndarray, batches: list):
+        """Run these batches (index arrays into the rows) one step each; return the summed loss (a (1,)
+        NDArray, filled when the engine has run them)."""
         if self.cfg.update == "trainer":
-            return sum(self._trainer_step(users[b], items[b], labels[b]) for b in batches)
+            return nd.array([sum(self._trainer_step(users[b], items[b], labels[b]) for b in batches)])
         implicit = self.cfg.objective == "implicit"
         plan = {"u_rows": [], "u_inv": [], "i_rows": [], "i_inv": []}
         bounds, s = [], 0
@@ -408,7 +416,7 @@ class _Stepper:
             ut.update(u_rows, u_block, scale)
             it.update(i_rows, i_block, scale)
             total += loss.sum()
-        return float(total.asscalar())
+        return total
 
     def _trainer_step(self, users, items, labels) -> float:
         bs = len(users)
@@ -646,7 +654,7 @@ def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, log=Non
                 batches = cluster.shard(order, cfg.batch_size)
                 mine = sum(len(b) for b in batches)
                 t0 = time.perf_counter()
-                loss_sum = 0.0
+                loss_sum, pending = 0.0, None
                 for c in range(0, len(batches), BATCHES_PER_CHUNK):
                     part = batches[c:c + BATCHES_PER_CHUNK]
                     total = nd.zeros((1,), ctx=ctx)
@@ -663,10 +671,16 @@ def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, log=Non
                                                    (bias_t, i_rows, b_block)):
                             table.update(rows, block, n * cluster.workers)  # the mean over the (global) batch
                         total += loss.sum()
-                    # one wait per chunk: MXNet runs ahead asynchronously, and without it every chunk's index
-                    # arrays would be held at once (and the bar would count steps queued, not steps done)
-                    loss_sum += float(total.asscalar())
-                    bar.update(sum(len(b) for b in part) * (len(users) / max(mine, 1)))
+                    # wait for the previous chunk only: MXNet runs ahead asynchronously, so the host plans this
+                    # chunk while the engine trains the last one, at most two chunks' index arrays are held at
+                    # once, and the bar counts steps done, not steps queued
+                    if pending is not None:
+                        loss_sum += float(pending[0].asscalar())
+                        bar.update(pending[1])
+                    pending = (total, sum(len(b) for b in part) * (len(users) / max(mine, 1)))
+                if pending is not None:
+                    loss_sum += float(pending[0].asscalar())
+                    bar.update(pending[1])
                 seconds = time.perf_counter() - t0
                 t_total += seconds
                 n_total += mine
