@@ -53,6 +53,8 @@ output_dir = "outputs"
 progress = True
 
 # %%
+import sys
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import sqlalchemy as sa
@@ -132,7 +134,8 @@ report = sql.score_table(eng, call, "inputs", "predict", max_batch_size=max_batc
 r = report.as_dict()
 sql.check_scored(report, endpoint_name, paths.display(prepared_path, root))
 print(f"{r['predict_rows']:,} rows scored in {r['requests_sent']} requests of at most {max_batch_size:,} rows, "
-      f"{r['pairs_per_second']:,.0f} pairs/s, {r['unknown_pairs']} unknown pairs (NULL)")
+      f"{r['unknown_pairs']} unknown pairs (NULL)")
+print(f"{r['pairs_per_second']:,.0f} pairs/s", file=sys.stderr)  # a timing: the terminal's, not the notebook's
 
 # %% [markdown]
 # ## 5. Top-N products per user, with product metadata

@@ -243,36 +243,32 @@ def _make_run_all(out, nb_args):
 
 
 @pytest.mark.notebook
-def test_make_run_all_with_the_readmes_full_data_form(tmp_path):
-    """The README's instructor path, with the two sample files standing in for the Kaggle months."""
+def test_make_run_all_with_the_readmes_full_data_form_twice_gives_byte_identical_notebooks(tmp_path):
+    """The README's instructor path, with the two sample files standing in for the Kaggle months, run twice
+    into one output directory: timings go to stderr, which the runner keeps out of the executed
+    notebooks, and nothing else varies (one test for both: each make run-all takes minutes)."""
+    import shutil
+
     nov = "data/sample/rees46_2019-Nov_random10k.csv.gz"
     oct_ = str(OCT.relative_to(ROOT))
-    r = _make_run_all(tmp_path, f'-p input_files ["{oct_}","{nov}"]')
+    out = tmp_path / "out"
+    r = _make_run_all(out, f'-p input_files ["{oct_}","{nov}"]')
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    m = json.loads((tmp_path / "metrics" / "01_explore_clean_prepare.json").read_text())
+    m = json.loads((out / "metrics" / "01_explore_clean_prepare.json").read_text())
     assert m["input_files"] == [oct_, nov]
     assert m["users_kept"] == 914  # both samples: the November users with 5 events join
     for name in ("02_train_local", "03_sagemaker_train_deploy", "04_sql_scoring"):
-        assert (tmp_path / "metrics" / f"{name}.json").is_file()
+        assert (out / "metrics" / f"{name}.json").is_file()
     assert "Passed unknown parameter" not in r.stdout + r.stderr and "without encryption" not in r.stdout + r.stderr
     assert "epoch 1/3" in r.stderr  # progress and timings stream to the terminal, not into the notebooks
-
-
-@pytest.mark.notebook
-def test_two_runs_of_make_run_all_give_byte_identical_notebooks(tmp_path):
-    """Timings go to stderr, which the runner keeps out of the executed notebooks; nothing else varies."""
-    import shutil
-
-    r = _make_run_all(tmp_path / "out", "")
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     first = tmp_path / "first"
-    shutil.copytree(tmp_path / "out" / "notebooks", first)
-    r = _make_run_all(tmp_path / "out", "")
+    shutil.copytree(out / "notebooks", first)
+    r = _make_run_all(out, f'-p input_files ["{oct_}","{nov}"]')
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     names = sorted(p.name for p in first.iterdir())
     assert names == [p.name for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
     for name in names:
-        assert (first / name).read_bytes() == (tmp_path / "out" / "notebooks" / name).read_bytes(), name
+        assert (first / name).read_bytes() == (out / "notebooks" / name).read_bytes(), name
 
 
 @pytest.mark.notebook

@@ -81,7 +81,7 @@ def test_bad_hyperparameter_message_reaches_failure(tmp_path):
 
 
 def test_the_job_trains_a_preset_under_the_real_toolkit(tmp_path):
-    """preset=best: the job's model is the side preset's, with its HR@10 on the October sample (the same
+    """preset=best: the job's model is the sequence preset's, with its HR@10 on the October sample (the same
     model as ``recsys train --preset best``, through the real training toolkit)."""
     from recsys.prepare import prepare_files
     from recsys.selection import train_and_save_preset
@@ -90,14 +90,14 @@ def test_the_job_trains_a_preset_under_the_real_toolkit(tmp_path):
                            log=lambda _: None)
     local = train_and_save_preset(prepare_files([OCT], progress=False), tmp_path / "local", "best", progress=False,
                                   ctx="cpu")
-    assert job.metrics["preset"] == "best" and job.metrics["epochs"] == local["epochs"] == 40
-    assert job.metrics["hr_at_10"] == pytest.approx(local["hr_at_10"], abs=1e-9) and job.metrics["hr_at_10"] > 0.25
+    assert job.metrics["preset"] == "best" and job.metrics["epochs"] == local["epochs"] == 6
+    assert job.metrics["hr_at_10"] == pytest.approx(local["hr_at_10"], abs=1e-9) and job.metrics["hr_at_10"] > 0.3
     config = json.loads((job.root / "model" / "config.json").read_text())
-    assert config["architecture"]["kind"] == "side_mf" and config["hyperparameters"]["preset"] == "best"
+    assert config["architecture"]["kind"] == "sequence" and config["hyperparameters"]["preset"] == "best"
 
 
 @pytest.mark.parametrize("hps, reason", [
-    ({"preset": "nonsense"}, "HyperparameterError: unknown preset 'nonsense': use one of best, implicit, seed, side"),
+    ({"preset": "nonsense"}, "HyperparameterError: unknown preset 'nonsense': use one of best, implicit, seed, sequence, side"),
     ({"epochz": 3}, "HyperparameterError: unknown hyperparameter(s): epochz; this entry point takes "),
 ])
 def test_a_misspelt_hyperparameter_fails_the_job_with_one_line(hps, reason, tmp_path):
@@ -138,7 +138,7 @@ def test_entry_point_accepts_json_encoded_values_and_skips_the_platforms_own():
     (["--epochz", "3"], "unknown hyperparameter(s): epochz; this entry point takes "),
     (["--epochs", "10.7"], "argument --epochs: invalid whole number value: '10.7'"),
     (["--epochs", "true"], "argument --epochs: invalid whole number value: 'true'"),
-    (["--preset", "nonsense"], "unknown preset 'nonsense': use one of best, implicit, seed, side"),
+    (["--preset", "nonsense"], "unknown preset 'nonsense': use one of best, implicit, seed, sequence, side"),
     (["--preset", "side", "--momentum", "0.5"], "hyperparameter(s) momentum do not apply to preset 'side'"),
     (["--negatives", "3"], "hyperparameter(s) negatives do not apply to the seed's model (no preset)"),
 ])
@@ -312,8 +312,35 @@ def test_aws_estimator_arguments_offline(tmp_path):
     assert est.instance_type == "ml.g4dn.xlarge" and est.instance_count == 1
     hp = est.hyperparameters()
     assert {k: json.loads(v) for k, v in hp.items() if not k.startswith("sagemaker_")} == {
-        "num_embeddings": 64, "opt": "sgd", "lr": 0.02, "momentum": 0.9, "wd": 0.0, "epochs": 10}
+        "preset": "seed", "num_embeddings": 64, "opt": "sgd", "lr": 0.02, "momentum": 0.9, "wd": 0.0, "epochs": 10}
     assert (tmp_path / "bundle" / "recommender.py").is_file()
+    assert "sagemaker_parameter_server_enabled" not in hp and not est.use_spot_instances
+    # a preset's hyperparameters go as given (no seed hyperparameters that the entry point would refuse);
+    # two instances on the parameter server; spot with checkpoints
+    est = make_estimator("arn:aws:iam::000000000000:role/lab", tmp_path / "bundle", sagemaker_session=session,
+                         hyperparameters={"preset": "side"}, instance_count=2, use_spot_instances=True,
+                         max_run=3600, checkpoint_s3_uri="s3://bucket/prefix/checkpoints")
+    hp = est.hyperparameters()
+    assert json.loads(hp["preset"]) == "side" and "lr" not in hp and est.instance_count == 2
+    assert json.loads(hp["sagemaker_parameter_server_enabled"]) is True
+    assert est.use_spot_instances and est.max_wait == 3600 and est.checkpoint_s3_uri == "s3://bucket/prefix/checkpoints"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(instance_count=2, hyperparameters={"preset": "best"}), "trains on one instance only"),
+    (dict(instance_count=0), "instance_count must be a whole number >= 1"),
+    (dict(use_spot_instances=True), "use_spot_instances needs checkpoint_s3_uri"),
+    (dict(use_spot_instances=True, checkpoint_s3_uri="s3://b/c", max_run=7200, max_wait=3600),
+     "max_wait (3600 s) must be at least max_run (7200 s)"),
+    (dict(max_wait=3600), "max_wait applies to spot instances only"),
+    (dict(checkpoint_s3_uri="/tmp/ckpt"), "checkpoint_s3_uri must be an s3:// URI"),
+])
+def test_aws_estimator_settings_refuse_what_would_fail_or_cost_on_aws(kwargs, message):
+    from recsys.sagemaker.aws import estimator_settings
+
+    with pytest.raises(ValueError) as e:
+        estimator_settings(**kwargs)
+    assert message in str(e.value)
 
 
 def test_serve_cli_starts_and_stops(job, tmp_path):

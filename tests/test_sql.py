@@ -294,33 +294,35 @@ def test_aurora_create_function_refuses_bad_names_before_the_server_sees_anythin
     assert sent == [] and routines() == ["recommend_score"]
 
 
-def test_aurora_create_function_sends_only_its_text_and_the_server_error_reaches_the_caller(mariadb_fresh):
-    """What reaches the server is at most DROP FUNCTION IF EXISTS <function> and exactly aurora_function_sql(...);
-    other functions are untouched; the call fails (MariaDB is not Aurora). Today the CREATE is sent and MariaDB's
-    refusal of the Aurora-only ALIAS clause is the error the caller gets."""
+def test_aurora_create_function_on_a_server_that_is_not_aurora_is_one_line_and_sends_no_ddl(mariadb_fresh, tmp_path):
+    """MariaDB answers no AURORA_VERSION(): one line, no DROP or CREATE sent, the existing function kept."""
     eng, sent, routines = mariadb_fresh
-    create = sql.aurora_function_sql("recsys-lab", "score_v2", 500)
-    with pytest.raises(Exception) as e:
-        sql.aurora_create_function(eng, "recsys-lab", "score_v2", max_batch_size=500)
-    assert set(sent) <= {"DROP FUNCTION IF EXISTS score_v2", create} and sent[:1] != [create], sent
-    if create in sent:
-        assert isinstance(e.value, sa.exc.ProgrammingError), repr(e.value)
-        assert "near 'aws_sagemaker_invoke_endpoint ENDPOINT NAME 'recsys-lab' MAX_BATCH_SIZE 500'" in str(e.value)
-    assert routines() == ["recommend_score"]
-
-
-@pytest.mark.xfail(strict=True, reason="issue 17: on a server that is not Aurora MySQL, aurora_create_function drops "
-                   "the existing function, then fails with SQLAlchemy's three-line syntax error (sql.py)")
-def test_aurora_create_function_on_a_server_that_is_not_aurora_is_one_line_and_loses_nothing(mariadb_fresh, tmp_path):
-    eng, sent, routines = mariadb_fresh
-    with pytest.raises(Exception) as e:
+    with pytest.raises(sql.AuroraError) as e:
         sql.aurora_create_function(eng, "recsys-lab")
-    assert "Aurora" in str(e.value) and "\n" not in str(e.value), str(e.value)
-    assert routines() == ["recommend_score"]
+    assert "not Aurora MySQL" in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert sent == [] and routines() == ["recommend_score"]
     lite = sql.engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
-    with pytest.raises(Exception) as e:
+    with pytest.raises(sql.AuroraError, match="needs Aurora MySQL; sqlite") as e:
         sql.aurora_create_function(lite, "recsys-lab")
-    assert "Aurora" in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_aurora_create_function_proves_the_statement_under_a_scratch_name_before_replacing(mariadb_fresh):
+    """A server that answers AURORA_VERSION() (here a stored function of that name on MariaDB) but refuses
+    the ALIAS statement: the refusal is one line with the server's message, and ``recommend_score`` was
+    never dropped (only the scratch name was tried)."""
+    eng, sent, routines = mariadb_fresh
+    with eng.begin() as conn:
+        conn.execute(sa.text("CREATE FUNCTION aurora_version() RETURNS VARCHAR(20) DETERMINISTIC RETURN '3.05.2'"))
+    sent.clear()
+    with pytest.raises(sql.AuroraError) as e:
+        sql.aurora_create_function(eng, "recsys-lab", max_batch_size=500)
+    msg = str(e.value)
+    assert msg.startswith("Aurora MySQL 3.05.2 refused the function: ") and "\n" not in msg, msg
+    assert "aws_sagemaker_invoke_endpoint" in msg  # the server's own words, without SQLAlchemy's wrapping
+    assert sent == ["DROP FUNCTION IF EXISTS recommend_score__check",
+                    sql.aurora_function_sql("recsys-lab", "recommend_score__check", 500)], sent
+    assert sorted(routines()) == ["aurora_version", "recommend_score"]
 
 
 # ---- Batch Transform output into SQL; the model and the data must match -------------------------

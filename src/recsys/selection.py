@@ -134,7 +134,8 @@ def _train(prepared, name: str, train=None, progress: bool = False, on_epoch=Non
                  **settings)
     return result.net, {"epochs": result.config.epochs, "batch_size": result.config.batch_size,
                         "train_rows_per_second": result.train_rows_per_second,
-                        "train_mse": result.last.get("train_mse"), "test_mse": result.last.get("test_mse")}
+                        "train_mse": result.last.get("train_mse"), "test_mse": result.last.get("test_mse"),
+                        "history": [{k: h.get(k) for k in ("epoch", "train_mse", "test_mse")} for h in result.history]}
 
 
 def train_preset(prepared, name: str, train=None, progress: bool = False, on_epoch=None, **overrides):
@@ -297,7 +298,8 @@ def train_and_save_preset(prepared, model_dir, name: str, progress: bool = True,
     metrics = {"preset": name, **settings, **info, "hr_at_10": ranking["hr_at_10"], "ndcg_at_10": ranking["ndcg_at_10"],
                "hr_at_10_se": ranking["hr_at_10_se"], "warm_hr_at_10": ranking["warm"]["hr_at_10"],
                "evaluated_users": ranking["users"], "evaluation_sampled": ranking["sampled"], "train_seconds": seconds}
-    save_model(model_dir, net, prepared, {"preset": name, **settings, **info}, metrics)
+    hp = {"preset": name, **settings, **{k: v for k, v in info.items() if k != "history"}}
+    save_model(model_dir, net, prepared, hp, metrics)
     return metrics
 
 

@@ -359,13 +359,42 @@ def aurora_function_sql(endpoint_name: str, function: str = "recommend_score", m
             f"ALIAS aws_sagemaker_invoke_endpoint ENDPOINT NAME '{endpoint_name}'{batch}")
 
 
+class AuroraError(RuntimeError):
+    """The database cannot take the Aurora function (not Aurora MySQL, or the statement failed); one line."""
+
+
+def _one_line(e: Exception) -> str:
+    orig = getattr(e, "orig", None)  # SQLAlchemy wraps the driver's error with the statement and a link
+    text = str(orig if orig is not None else e)
+    return " ".join(text.split())[:300]
+
+
 def aurora_create_function(eng: sa.Engine, endpoint_name: str, function: str = "recommend_score",
                            max_batch_size: int | None = None) -> str:
-    """Create the function on a real Aurora MySQL (``mode="aws"`` only)."""
+    """Create the function on a real Aurora MySQL (``mode="aws"`` only); returns the statement.
+
+    Nothing is lost on failure: the server must answer ``AURORA_VERSION()`` and take the statement
+    under a scratch name before the existing ``function`` is replaced; otherwise :class:`AuroraError`
+    says why in one line and ``function`` is as it was."""
     statement = aurora_function_sql(endpoint_name, function, max_batch_size)
-    with eng.begin() as conn:
-        conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {function}"))
-        conn.execute(sa.text(statement))
+    if eng.dialect.name != "mysql":
+        raise AuroraError(f"recommend_score needs Aurora MySQL; {eng.dialect.name} cannot alias a function to a "
+                          "SageMaker endpoint (use the kit's scoring bridge, sql.score_table)")
+    scratch = f"{function}__check"
+    with eng.connect() as conn:
+        try:
+            version = conn.execute(sa.text("SELECT AURORA_VERSION()")).scalar()
+        except sa.exc.DBAPIError as e:
+            raise AuroraError(f"this server is not Aurora MySQL (AURORA_VERSION(): {_one_line(e)}); "
+                              f"{function} is unchanged") from None
+        try:  # the statement and the privileges, proven under a scratch name first
+            conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {scratch}"))
+            conn.execute(sa.text(aurora_function_sql(endpoint_name, scratch, max_batch_size)))
+            conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {scratch}"))
+            conn.execute(sa.text(f"DROP FUNCTION IF EXISTS {function}"))
+            conn.execute(sa.text(statement))
+        except sa.exc.DBAPIError as e:
+            raise AuroraError(f"Aurora MySQL {version} refused the function: {_one_line(e)}") from None
     return statement
 
 
