@@ -52,6 +52,9 @@ opt = "sgd"
 lr = 0.02
 momentum = 0.9
 wd = 0.0
+instance_count = 1  # > 1: that many instances on MXNet's parameter server (presets seed, implicit, side); locally hosts on 127.0.0.x
+use_spot_instances = False  # managed spot training: per-epoch checkpoints, resumed when interrupted (locally: outputs/sagemaker/checkpoints)
+max_wait = None  # aws mode, spot only: seconds to wait for capacity and run (None: max_run, 24 h)
 endpoint_name = "recsys-lab"
 delete_endpoint = None  # None: a local endpoint stops here, a real one (aws mode) stays for notebook 04
 latency_requests = 200
@@ -75,6 +78,7 @@ from IPython.display import display
 
 from recsys import costs, paths
 from recsys.report import write_metrics
+from recsys.sagemaker.aws import estimator_settings
 from recsys.sagemaker.bundle import build_bundle, bundle_files
 from recsys.sagemaker.entry import job_hyperparameters
 
@@ -85,6 +89,9 @@ out = paths.resolve(output_dir, root)
 files = paths.input_paths(input_files, root)
 seed_hps = dict(num_embeddings=num_embeddings, opt=opt, lr=lr, momentum=momentum, wd=wd) if preset == "seed" else {}
 hyperparameters = job_hyperparameters(preset, epochs, **seed_hps)
+# the instance count and spot settings checked here, before any job starts (the same rules in both modes)
+estimator_settings(instance_count, hyperparameters, use_spot_instances, max_wait=max_wait,
+                   checkpoint_s3_uri="s3://bucket/checkpoints" if use_spot_instances else None)
 bundle = build_bundle(out / "sagemaker" / "bundle")
 print("the container receives:", bundle_files(bundle))
 print("hyperparameters:", hyperparameters)
@@ -106,7 +113,9 @@ if mode == "local":
     from recsys.sagemaker.local import run_training_job
 
     job = run_training_job(hyperparameters, {"train": files}, out / "sagemaker" / "jobs", source_dir=bundle,
-                           job_name="recsys-lab-training", log=lambda line: print(line, file=sys.stderr, flush=True))
+                           job_name="recsys-lab-training", log=lambda line: print(line, file=sys.stderr, flush=True),
+                           instance_count=instance_count,
+                           checkpoint_dir=out / "sagemaker" / "checkpoints" if use_spot_instances else None)
     model_data = job.model_data
     training_metrics = job.metrics
 else:
@@ -120,7 +129,10 @@ else:
     bucket = bucket or sm_session.default_bucket()
     train_uri = aws.upload_training_data(sm_session, files, bucket, prefix)
     estimator = aws.make_estimator(role, bundle, sagemaker_session=sm_session, instance_type=train_instance_type,
-                                   hyperparameters=hyperparameters, output_path=f"s3://{bucket}/{prefix}/output")
+                                   hyperparameters=hyperparameters, output_path=f"s3://{bucket}/{prefix}/output",
+                                   instance_count=instance_count, use_spot_instances=use_spot_instances,
+                                   max_wait=max_wait,
+                                   checkpoint_s3_uri=f"s3://{bucket}/{prefix}/checkpoints" if use_spot_instances else None)
     estimator.fit({"train": train_uri})
     model_data = estimator.model_data
     training_metrics = {}

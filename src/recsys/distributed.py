@@ -102,7 +102,11 @@ class KVRowTable:
         weight = param.data()
         self.shape, self.ctx = weight.shape, weight.context
         self.row_bytes = int(np.prod(self.shape[1:])) * 4
-        cluster.kv.init(key, weight.tostype("row_sparse"))  # rank 0's value; every worker built the same net
+        # rank 0's value (every worker built the same net), with every row listed: ``tostype("row_sparse")``
+        # would drop all-zero rows (a zero-initialised bias), and a server whose slice of rows is empty
+        # aborts ("init with empty data is not supported"), leaving the workers waiting
+        every_row = mx.nd.arange(0, self.shape[0], ctx=self.ctx, dtype="int64")
+        cluster.kv.init(key, mx.nd.sparse.row_sparse_array((weight, every_row), shape=self.shape, ctx=self.ctx))
         self._out = mx.nd.sparse.zeros("row_sparse", self.shape, ctx=self.ctx)
 
     def gather(self, rows_nd):

@@ -35,24 +35,69 @@ def session(region: str | None = None, boto_session=None):
     return sagemaker.Session(boto_session=boto_session or boto3.Session(region_name=region))
 
 
+#: The longest a training job may run (the SDK's default, 24 h), and with spot instances the longest
+#: it may wait for capacity as well (``max_wait`` must be at least ``max_run``).
+MAX_RUN = 24 * 60 * 60
+
+
+def estimator_settings(instance_count: int = 1, hyperparameters: dict | None = None, use_spot_instances: bool = False,
+                       max_run: int = MAX_RUN, max_wait: int | None = None, checkpoint_s3_uri: str | None = None) -> dict:
+    """The keyword arguments :func:`make_estimator` gives the SDK's ``MXNet`` besides the code and the
+    role, checked before anything is sent: ``hyperparameters`` as given (default: the workshop's,
+    ``job_hyperparameters("seed")``); with ``instance_count`` above 1 the parameter server on
+    (``distribution``), which the seed, implicit and side presets train on; with ``use_spot_instances``
+    a ``max_wait`` (default ``max_run``) and a ``checkpoint_s3_uri``, to which the entry point's
+    per-epoch checkpoints (``/opt/ml/checkpoints``) are synced, so an interrupted job resumes."""
+    from ..presets import check, kind
+
+    hp = dict(hyperparameters) if hyperparameters is not None else {"preset": "seed", **SEED_HYPERPARAMETERS}
+    n = int(instance_count)
+    if n < 1 or n != instance_count:
+        raise ValueError(f"instance_count must be a whole number >= 1, not {instance_count!r}")
+    settings = {"instance_count": n, "hyperparameters": hp, "max_run": int(max_run)}
+    if n > 1:
+        preset = hp.get("preset", "seed")
+        check(preset)
+        if kind(preset) == "sequence":
+            raise ValueError(f"preset {preset!r} (SequenceMF) trains on one instance only: use instance_count=1, or "
+                             "preset 'side', 'implicit' or 'seed' on the parameter server (recsys.distributed)")
+        settings["distribution"] = {"parameter_server": {"enabled": True}}
+    if use_spot_instances:
+        if not checkpoint_s3_uri:
+            raise ValueError("use_spot_instances needs checkpoint_s3_uri: an interrupted spot job resumes from "
+                             "the checkpoints synced there, and would otherwise start again from epoch 1")
+        wait = int(max_wait) if max_wait is not None else int(max_run)
+        if wait < max_run:
+            raise ValueError(f"max_wait ({wait} s) must be at least max_run ({int(max_run)} s)")
+        settings.update(use_spot_instances=True, max_wait=wait)
+    elif max_wait is not None:
+        raise ValueError("max_wait applies to spot instances only (use_spot_instances=True)")
+    if checkpoint_s3_uri:
+        if not str(checkpoint_s3_uri).startswith("s3://"):
+            raise ValueError(f"checkpoint_s3_uri must be an s3:// URI, not {checkpoint_s3_uri!r}")
+        settings["checkpoint_s3_uri"] = str(checkpoint_s3_uri)
+    return settings
+
+
 def make_estimator(role: str, bundle_dir, sagemaker_session=None, instance_type: str = TRAIN_INSTANCE_TYPE,
                    instance_count: int = 1, hyperparameters: dict | None = None, output_path: str | None = None,
-                   base_job_name: str = "recsys-mf"):
+                   base_job_name: str = "recsys-mf", use_spot_instances: bool = False, max_run: int = MAX_RUN,
+                   max_wait: int | None = None, checkpoint_s3_uri: str | None = None):
     """The seed's ``MXNet('recommender.py', ...)`` for today's container: script mode, framework
     1.9.0 on Python 3.8, the bundle as ``source_dir`` (the container gets ``recsys`` and installs
-    ``requirements.txt``), the seed's hyperparameters unless overridden."""
+    ``requirements.txt``); the rest from :func:`estimator_settings` (hyperparameters as given,
+    several instances on the parameter server, managed spot training with checkpoints)."""
+    settings = estimator_settings(instance_count, hyperparameters, use_spot_instances, max_run, max_wait,
+                                  checkpoint_s3_uri)
     import_sdk()
     from sagemaker.mxnet import MXNet
 
     bundle_dir = Path(bundle_dir)
     if not (bundle_dir / ENTRY_POINT).is_file():
         build_bundle(bundle_dir)
-    hp = dict(SEED_HYPERPARAMETERS)
-    hp.update(hyperparameters or {})
     return MXNet(entry_point=ENTRY_POINT, source_dir=str(bundle_dir), framework_version=FRAMEWORK_VERSION,
-                 py_version=PY_VERSION, role=role, instance_count=instance_count, instance_type=instance_type,
-                 hyperparameters=hp, output_path=output_path, sagemaker_session=sagemaker_session,
-                 base_job_name=base_job_name)
+                 py_version=PY_VERSION, role=role, instance_type=instance_type, output_path=output_path,
+                 sagemaker_session=sagemaker_session, base_job_name=base_job_name, **settings)
 
 
 def upload_training_data(sagemaker_session, files, bucket: str, prefix: str) -> str:

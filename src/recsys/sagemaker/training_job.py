@@ -91,7 +91,8 @@ def _add_model_dir(tar, model_dir: Path, code_dir: Path | None = None) -> None:
 
 def _pack(model_dir: Path, tar_path: Path, code_dir: Path | None = None) -> Path:
     """``model.tar.gz`` with the model files at the root (and ``code/`` when given), as SageMaker."""
-    with tarfile.open(tar_path, "w:gz") as tar:
+    # level 1: a full-size model (GBs of float32 weights, which barely compress) packs in seconds, not minutes
+    with tarfile.open(tar_path, "w:gz", compresslevel=1) as tar:
         _add_model_dir(tar, model_dir, code_dir)
     return tar_path
 
@@ -147,34 +148,61 @@ class BriefLog:
             self.log(f"{prefix}] {text}")
 
 
-def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir=None, job_name: str | None = None,
-                     log=print, timeout: float | None = None, verbose: bool = False) -> TrainingJob:
-    """Run the bundle as a SageMaker training job under AWS's training toolkit; returns the job with
-    its ``model.tar.gz``, or raises :class:`TrainingJobError` with the FailureReason. ``log`` gets
-    every line when ``verbose``, else a :class:`BriefLog` of them."""
-    log = log if verbose else BriefLog(log)
-    name = job_name or time.strftime("recsys-local-%Y%m%d-%H%M%S")
-    root = Path(work_dir).resolve() / name
-    if root.exists():
-        shutil.rmtree(root)
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = Path(source_dir) if source_dir is not None else build_bundle(Path(tmp) / "bundle")
-        submit = _sourcedir_tar(bundle, root / "source" / "sourcedir.tar.gz")
+#: Multi-instance jobs locally: host i is 127.0.0.(i+1). Linux routes all of 127/8 to loopback, and an
+#: IP-literal host name resolves at once (the toolkit retries a name's DNS lookup for 15 minutes).
+LOOPBACK = "127.0.0.{}"
+#: How long a finished multi-instance job's parameter-server processes get to stop by themselves
+#: (worker 0 tells the servers to stop when it closes its kvstore) before their group is killed.
+PS_STOP_SECONDS = 30.0
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _group_alive(pgid: int) -> list:
+    """The live (not zombie) processes of process group ``pgid``, from ``/proc``."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(entry))
+    return alive
+
+
+def _kill_group(pgid: int) -> None:
+    import signal
+
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _host_tree(root: Path, submit_tar: Path, sdk_hps: dict, channels: dict, host: str, hosts: list,
+               checkpoint_dir) -> None:
+    """One host's ``/opt/ml``: config, channels (symlinks to the inputs), model and output directories,
+    and ``checkpoints`` (a link to ``checkpoint_dir``, which outlives the job) when given."""
     config = root / "input" / "config"
     config.mkdir(parents=True)
     for d in ("code", "model", "output/data", "output/intermediate"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    hps = {k: json.dumps(v) for k, v in hyperparameters.items()}  # the SDK's encoding
-    sdk_hps = {**hps, "sagemaker_program": json.dumps(ENTRY_POINT), "sagemaker_submit_directory": json.dumps(str(submit)),
-               "sagemaker_container_log_level": "20", "sagemaker_job_name": json.dumps(name),
-               "sagemaker_region": json.dumps(REGION)}
     (config / "hyperparameters.json").write_text(json.dumps(sdk_hps, sort_keys=True))
     (config / "inputdataconfig.json").write_text(json.dumps(
         {c: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
          for c in channels}))
     (config / "resourceconfig.json").write_text(json.dumps(
-        {"current_host": "algo-1", "hosts": ["algo-1"], "current_instance_type": "local",
-         "network_interface_name": "eth0"}))
+        {"current_host": host, "hosts": hosts, "current_instance_type": "local", "network_interface_name": "lo"}))
     for channel, files in channels.items():
         d = root / "input" / "data" / channel
         d.mkdir(parents=True)
@@ -186,30 +214,131 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
                 os.symlink(f, d / f.name)
             except OSError:
                 shutil.copyfile(f, d / f.name)
-    env = toolkit_env(root, {"SAGEMAKER_TRAINING_MODULE": TRAINING_MODULE, "SM_STUDIO_LOCAL_MODE": "true",
-                             "TRAINING_JOB_NAME": name, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    if checkpoint_dir is not None:
+        target = Path(checkpoint_dir).resolve()
+        target.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, root / "checkpoints")
+
+
+def _failure(root: Path, rc, logs: list) -> str | None:
+    failure = root / "output" / "failure"
+    if rc == 0 and not failure.exists() and (root / "output" / "success").exists():
+        return None
+    if not failure.exists():
+        tail = " | ".join(line for line in logs[-5:] if line.strip())
+        failure.write_text(f"AlgorithmError: exit code {rc}: {tail}"[:1024])
+    return failure.read_text()[:1024]
+
+
+def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir=None, job_name: str | None = None,
+                     log=print, timeout: float | None = None, verbose: bool = False, instance_count: int = 1,
+                     checkpoint_dir=None) -> TrainingJob:
+    """Run the bundle as a SageMaker training job under AWS's training toolkit; returns the job with
+    its ``model.tar.gz``, or raises :class:`TrainingJobError` with the FailureReason. ``log`` gets
+    every line when ``verbose``, else a :class:`BriefLog` of them.
+
+    ``instance_count`` above 1: a multi-instance job with the parameter server on, as the SDK's
+    ``distribution={"parameter_server": {"enabled": True}}`` launches it: N host trees under
+    ``<job>/hosts/`` on 127.0.0.1, 127.0.0.2, ..., each its own toolkit process in its own process
+    group (the toolkit starts the scheduler and a server per host in it), the scheduler on a free
+    port. When a host fails, or ``timeout`` (seconds, the whole job) passes, every group is killed;
+    after success the servers get :data:`PS_STOP_SECONDS` to stop by themselves, then their groups are
+    killed too (:attr:`TrainingJob.metrics` ``["ps_stopped_by_themselves"]`` says which happened).
+    The job's ``root`` is host 0's tree, which holds the model.
+
+    ``checkpoint_dir``: the directory SageMaker syncs with ``checkpoint_s3_uri``; the job sees it as
+    ``/opt/ml/checkpoints``, where the entry point saves every epoch and resumes from the newest."""
+    import threading
+
+    log = log if verbose else BriefLog(log)
+    name = job_name or time.strftime("recsys-local-%Y%m%d-%H%M%S")
+    n = int(instance_count)
+    if n < 1:
+        raise ValueError(f"instance_count must be >= 1, not {instance_count!r}")
+    if n > 1 and checkpoint_dir is not None:
+        raise ValueError("checkpoint_dir applies to single-instance jobs (the optimizer state of a multi-instance "
+                         "job is on its parameter servers)")
+    job_root = Path(work_dir).resolve() / name
+    if job_root.exists():
+        shutil.rmtree(job_root)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(source_dir) if source_dir is not None else build_bundle(Path(tmp) / "bundle")
+        submit = _sourcedir_tar(bundle, job_root / "source" / "sourcedir.tar.gz")
+    hps = {k: json.dumps(v) for k, v in hyperparameters.items()}  # the SDK's encoding
+    sdk_hps = {**hps, "sagemaker_program": json.dumps(ENTRY_POINT), "sagemaker_submit_directory": json.dumps(str(submit)),
+               "sagemaker_container_log_level": "20", "sagemaker_job_name": json.dumps(name),
+               "sagemaker_region": json.dumps(REGION)}
+    if n == 1:
+        hosts, roots = ["algo-1"], [job_root]
+    else:
+        hosts = [LOOPBACK.format(i + 1) for i in range(n)]
+        roots = [job_root / "hosts" / f"algo-{i + 1}" for i in range(n)]
+        # the SDK's parameter-server flag; the port a string, as the toolkit passes it to the environment
+        sdk_hps.update({"sagemaker_parameter_server_enabled": json.dumps(True), "_ps_port": json.dumps(str(_free_port()))})
+    for host, root in zip(hosts, roots):
+        _host_tree(root, submit, sdk_hps, channels, host, hosts, checkpoint_dir)
     cmd = [sys.executable, "-m", "sagemaker_training.cli.train"]
-    log(f"[{name}] sagemaker-training ({TRAINING_MODULE}): {ENTRY_POINT} {' '.join(_cli_args(hps))}")
-    logs = []
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    log(f"[{name}] sagemaker-training ({TRAINING_MODULE}): {ENTRY_POINT} {' '.join(_cli_args(hps))}"
+        + (f" on {n} hosts ({', '.join(hosts)}, parameter server on)" if n > 1 else ""))
+    logs, lock, procs = [], threading.Lock(), []
+
+    def pump(proc, tag):
         for line in proc.stdout:
             line = line.rstrip("\n")
-            logs.append(line)
-            log(f"[{name}] {line}")
-        rc = proc.wait(timeout=timeout)
+            with lock:
+                logs.append(line if n == 1 else f"{tag} {line}")
+                log(f"[{name}{'/' + tag if n > 1 else ''}] {line}")
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    readers, rcs, stopped = [], [None] * n, True
+    try:
+        for host, root in zip(hosts, roots):
+            env = toolkit_env(root, {"SAGEMAKER_TRAINING_MODULE": TRAINING_MODULE, "SM_STUDIO_LOCAL_MODE": "true",
+                                     "TRAINING_JOB_NAME": name, "PIP_NO_INDEX": "1",
+                                     "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+            if n > 1:
+                env["DMLC_NODE_HOST"] = host  # ps-lite binds this address, not the first non-loopback interface
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, start_new_session=True)  # its own group, with its PS processes
+            procs.append(proc)
+            t = threading.Thread(target=pump, args=(proc, root.name), daemon=True)
+            t.start()
+            readers.append(t)
+        while any(rc is None for rc in rcs):
+            for i, proc in enumerate(procs):
+                if rcs[i] is None:
+                    rcs[i] = proc.poll()
+            if any(rc not in (None, 0) for rc in rcs):
+                break  # one host failed: the others would wait for it forever
+            if deadline is not None and time.monotonic() > deadline:
+                raise TrainingJobError(f"training job {name} failed: timed out after {timeout:.0f} s")
+            time.sleep(0.05)
+        if n > 1 and all(rc == 0 for rc in rcs):
+            until = time.monotonic() + PS_STOP_SECONDS
+            while any(_group_alive(p.pid) for p in procs) and time.monotonic() < until:
+                time.sleep(0.1)
+            stopped = not any(_group_alive(p.pid) for p in procs)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    failure = root / "output" / "failure"
-    if rc != 0 or failure.exists() or not (root / "output" / "success").exists():
-        if not failure.exists():
-            tail = " | ".join(line for line in logs[-5:] if line.strip())
-            failure.write_text(f"AlgorithmError: exit code {rc}: {tail}"[:1024])
-        raise TrainingJobError(f"training job {name} failed: {failure.read_text()[:1024]}")
+        for proc in procs:
+            _kill_group(proc.pid)  # a no-op when the group has ended; else nothing is left running
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for t in readers:
+            t.join(timeout=5)
+    # the host that failed first, not one killed because of it
+    for i in sorted(range(n), key=lambda i: rcs[i] in (None, 0)):
+        root = roots[i]
+        reason = _failure(root, rcs[i], logs)
+        if reason is not None:
+            where = "" if n == 1 else f" (host {hosts[i]})"
+            raise TrainingJobError(f"training job {name} failed{where}: {reason}")
+    root = roots[0]
     model_data = _pack(root / "model", root / "output" / "model.tar.gz")
     metrics_file = root / "output" / "data" / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    if n > 1:
+        metrics["ps_stopped_by_themselves"] = stopped
     return TrainingJob(name=name, root=root, model_data=model_data, logs=logs, metrics=metrics,
                        command=[ENTRY_POINT, *_cli_args(hps)])
-
