@@ -111,6 +111,11 @@ MODEL_DIRS = {"seed": "model", "implicit": "model_implicit", "side": "model_side
 BEST_DIR = "model_best"
 
 
+def mse_history(history, keys=("epoch", "train_mse", "test_mse")) -> list:
+    """The per-epoch MSE records of a :class:`~recsys.training.FitResult`'s history, as metrics keep them."""
+    return [{k: h[k] for k in keys} for h in history]
+
+
 def _train(prepared, name: str, train=None, progress: bool = False, on_epoch=None, log=None, cluster=None,
            checkpoint_dir=None, **overrides):
     """``(net, info)`` of the preset ``name`` trained on ``train``: ``info`` holds the epochs and batch size
@@ -135,7 +140,7 @@ def _train(prepared, name: str, train=None, progress: bool = False, on_epoch=Non
     return result.net, {"epochs": result.config.epochs, "batch_size": result.config.batch_size,
                         "train_rows_per_second": result.train_rows_per_second,
                         "train_mse": result.last.get("train_mse"), "test_mse": result.last.get("test_mse"),
-                        "history": [{k: h.get(k) for k in ("epoch", "train_mse", "test_mse")} for h in result.history]}
+                        "history": mse_history(result.history)}
 
 
 def train_preset(prepared, name: str, train=None, progress: bool = False, on_epoch=None, **overrides):
@@ -313,7 +318,7 @@ def mean_predictor(prepared) -> dict:
 
 def _mse_figures(run) -> dict:
     return {"train_mse": run.last["train_mse"], "test_mse": run.last["test_mse"],
-            "history": [{k: h[k] for k in ("epoch", "loss", "train_mse", "test_mse")} for h in run.history]}
+            "history": mse_history(run.history, ("epoch", "loss", "train_mse", "test_mse"))}
 
 
 def rank_and_save(prepared, out_dir, seed_run, progress: bool = False, ctx: str = "auto", seed: int = DEFAULT_SEED,

@@ -494,7 +494,7 @@ def fit_sequence(prepared, train=None, progress: bool = True, on_epoch=None, log
     rate over all epochs); ``config`` holds the epochs and batch size actually used."""
     from .checkpoint import epoch_seed
     from .presets import schedule
-    from .training import _checkpoints
+    from .training import OneChunkBehind, _checkpoints
 
     cfg = SequenceConfig(**overrides).validate()
     if cluster is not None and cluster.distributed:
@@ -524,22 +524,14 @@ def fit_sequence(prepared, train=None, progress: bool = True, on_epoch=None, log
                 mx.random.seed(epoch_seed(cfg.seed, epoch))
                 order = rng.permutation(len(pos))
                 t0 = time.perf_counter()
-                loss_sum, pending = 0.0, None
+                chunks = OneChunkBehind(bar)
                 for s in range(0, len(order), chunk):
                     idx = order[s:s + chunk]
                     p = pos[idx]
                     targets = seqs.items[p]
                     hist, events = seqs.histories(p, seqs.starts[seqs.users[p]], cfg.history, exclude=targets)
-                    total = step.chunk(targets, hist, events, own[idx])  # queued: MXNet runs asynchronously
-                    # wait for the previous chunk only: the host builds this chunk's inputs while the engine
-                    # trains the last one, and at most two chunks' inputs are held at once
-                    if pending is not None:
-                        loss_sum += float(pending[0].asscalar())
-                        bar.update(pending[1])
-                    pending = (total, len(idx))
-                if pending is not None:
-                    loss_sum += float(pending[0].asscalar())
-                    bar.update(pending[1])
+                    chunks.add(step.chunk(targets, hist, events, own[idx]), len(idx))
+                loss_sum = chunks.finish()
                 seconds = time.perf_counter() - t0
                 t_total += seconds
                 n_total += len(order)

@@ -62,6 +62,32 @@ EVAL_BATCH = 65536
 #: Batches whose indices are prepared in one go: one host->device copy per chunk, not per batch
 #: (each ``nd.array`` waits for the engine, which would serialise every step).
 BATCHES_PER_CHUNK = 256
+
+
+class OneChunkBehind:
+    """The summed loss of an epoch's chunks, waited for one chunk late: MXNet runs ahead asynchronously, so
+    the host prepares chunk k+1 while the engine trains chunk k; at most two chunks' inputs are held at
+    once, and the bar counts examples trained, not queued. ``add`` right after a chunk is queued; ``finish``
+    once the epoch's last chunk is, for the epoch's summed loss."""
+
+    def __init__(self, bar) -> None:
+        self.bar, self.loss, self._pending = bar, 0.0, None
+
+    def add(self, total, count) -> None:
+        """``total``: the chunk's summed loss (an NDArray the engine fills); ``count``: what the bar advances."""
+        self._settle()
+        self._pending = (total, count)
+
+    def finish(self) -> float:
+        self._settle()
+        return self.loss
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            total, count = self._pending
+            self.loss += float(total.asscalar())
+            self.bar.update(count)
+            self._pending = None
 #: The per-epoch train and test MSE are computed on a seeded sample of at most this many rows of each
 #: (every row below that): an epoch's evaluation costs the same on 3k rows and on 100M.
 MSE_EVAL_ROWS = 1_000_000
@@ -295,19 +321,12 @@ def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None, l
             order = rng.permutation(n)  # every host draws the same permutation; each trains its shard
             batches = cluster.shard(order, cfg.batch_size)
             mine = sum(len(b) for b in batches)
-            loss_sum, pending = 0.0, None
+            chunks = OneChunkBehind(bar)
             t0 = time.perf_counter()
             for c in range(0, len(batches), BATCHES_PER_CHUNK):
                 part = batches[c:c + BATCHES_PER_CHUNK]
-                total = step.chunk(users, items, labels, part)  # queued: MXNet runs asynchronously
-                # wait for the previous chunk only: the host plans this chunk while the engine trains the last
-                if pending is not None:
-                    loss_sum += float(pending[0].asscalar())
-                    bar.update(pending[1])
-                pending = (total, sum(len(b) for b in part) * (n / max(mine, 1)))
-            if pending is not None:
-                loss_sum += float(pending[0].asscalar())
-                bar.update(pending[1])
+                chunks.add(step.chunk(users, items, labels, part), sum(len(b) for b in part) * (n / max(mine, 1)))
+            loss_sum = chunks.finish()
             nd.waitall()
             seconds = time.perf_counter() - t0
             seconds_total += seconds
@@ -654,7 +673,7 @@ def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, log=Non
                 batches = cluster.shard(order, cfg.batch_size)
                 mine = sum(len(b) for b in batches)
                 t0 = time.perf_counter()
-                loss_sum, pending = 0.0, None
+                chunks = OneChunkBehind(bar)
                 for c in range(0, len(batches), BATCHES_PER_CHUNK):
                     part = batches[c:c + BATCHES_PER_CHUNK]
                     total = nd.zeros((1,), ctx=ctx)
@@ -671,16 +690,8 @@ def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, log=Non
                                                    (bias_t, i_rows, b_block)):
                             table.update(rows, block, n * cluster.workers)  # the mean over the (global) batch
                         total += loss.sum()
-                    # wait for the previous chunk only: MXNet runs ahead asynchronously, so the host plans this
-                    # chunk while the engine trains the last one, at most two chunks' index arrays are held at
-                    # once, and the bar counts steps done, not steps queued
-                    if pending is not None:
-                        loss_sum += float(pending[0].asscalar())
-                        bar.update(pending[1])
-                    pending = (total, sum(len(b) for b in part) * (len(users) / max(mine, 1)))
-                if pending is not None:
-                    loss_sum += float(pending[0].asscalar())
-                    bar.update(pending[1])
+                    chunks.add(total, sum(len(b) for b in part) * (len(users) / max(mine, 1)))
+                loss_sum = chunks.finish()
                 seconds = time.perf_counter() - t0
                 t_total += seconds
                 n_total += mine

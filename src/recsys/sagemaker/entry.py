@@ -251,10 +251,12 @@ def train(argv=None, env=None) -> dict:
             return _not_first(cluster)
         metrics.update(extra)
     else:
+        from ..selection import mse_history
+
         result, metrics = train_and_save(prepared, model_dir, extra_metrics=extra, **common, **settings)
         if metrics is None:
             return _not_first(cluster)
-        metrics["history"] = [{k: h[k] for k in ("epoch", "train_mse", "test_mse")} for h in result.history]
+        metrics["history"] = mse_history(result.history)
     if cluster.distributed:
         metrics["hosts"] = len(cluster.hosts)
         metrics["traffic"] = cluster.traffic()

@@ -189,8 +189,7 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _host_tree(root: Path, submit_tar: Path, sdk_hps: dict, channels: dict, host: str, hosts: list,
-               checkpoint_dir) -> None:
+def _host_tree(root: Path, sdk_hps: dict, channels: dict, host: str, hosts: list, checkpoint_dir) -> None:
     """One host's ``/opt/ml``: config, channels (symlinks to the inputs), model and output directories,
     and ``checkpoints`` (a link to ``checkpoint_dir``, which outlives the job) when given."""
     config = root / "input" / "config"
@@ -276,7 +275,7 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
         # the SDK's parameter-server flag; the port a string, as the toolkit passes it to the environment
         sdk_hps.update({"sagemaker_parameter_server_enabled": json.dumps(True), "_ps_port": json.dumps(str(_free_port()))})
     for host, root in zip(hosts, roots):
-        _host_tree(root, submit, sdk_hps, channels, host, hosts, checkpoint_dir)
+        _host_tree(root, sdk_hps, channels, host, hosts, checkpoint_dir)
     cmd = [sys.executable, "-m", "sagemaker_training.cli.train"]
     log(f"[{name}] sagemaker-training ({TRAINING_MODULE}): {ENTRY_POINT} {' '.join(_cli_args(hps))}"
         + (f" on {n} hosts ({', '.join(hosts)}, parameter server on)" if n > 1 else ""))
