@@ -81,3 +81,35 @@ def test_a_spot_interruption_resumes_from_the_checkpoint_and_ends_with_the_same_
     for name in ("model.params", "user_ids.npy", "product_ids.npy", "item_popularity.npy"):
         assert (whole.root / "model" / name).read_bytes() == (resumed.root / "model" / name).read_bytes(), name
     assert resumed.metrics["hr_at_10"] == whole.metrics["hr_at_10"]
+
+
+def test_sigterm_to_the_parent_of_a_multi_host_job_stops_every_host(tmp_path):
+    """Each host runs in its own session (so that its scheduler and servers can be killed as one group):
+    a SIGTERM to the process that runs the job (a kernel shut down, a ``kill``) must not leave them
+    training without a parent."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys; from recsys.sagemaker.training_job import run_training_job as r\n"
+              "try:\n"
+              f"    r({{'preset': 'side', 'epochs': 400}}, {{'train': [{str(OCT)!r}]}}, {str(tmp_path / 'jobs')!r},"
+              " job_name='term', instance_count=2, log=lambda l: print(l, flush=True), verbose=True)\n"
+              "except Exception as e:\n"
+              "    print('ERROR', e, flush=True); sys.exit(3)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    seen = []
+    for line in parent.stdout:  # wait until both hosts train
+        seen.append(line)
+        if "epoch 1/400" in line or len(seen) > 5000:
+            break
+    job_root = tmp_path / "jobs" / "term"
+    assert len(_processes_of(job_root)) >= 2, "".join(seen[-20:])
+    parent.send_signal(signal.SIGTERM)
+    rest = parent.stdout.read()
+    assert parent.wait(timeout=60) == 3, rest[-2000:]
+    assert "training job term stopped: this process got SIGTERM" in rest
+    time.sleep(0.5)
+    assert _processes_of(job_root) == []

@@ -189,6 +189,47 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+class _StopSignals:
+    """While active in the main thread, SIGTERM and SIGHUP (a kernel shut down, a terminal closed, a
+    ``kill``) raise :class:`TrainingJobError` in it instead of ending the process at once, so that the
+    job's ``finally`` kills every host's process group: each runs in its own session, and would go on
+    training without a parent otherwise. Elsewhere (a thread) it does nothing. (SIGKILL cannot be
+    caught: after one the groups outlive the parent.)"""
+
+    SIGNALS = ("SIGTERM", "SIGHUP")
+
+    def __init__(self, name: str) -> None:
+        self.name, self._saved = name, {}
+        self.closing, self.got = False, None  # closing: cleaning up, where a signal is noted, not raised
+
+    def error(self) -> TrainingJobError:
+        return TrainingJobError(f"training job {self.name} stopped: this process got {self.got}; every host of "
+                                "the job was stopped")
+
+    def _raise(self, signum, frame):
+        import signal
+
+        first = self.got is None
+        self.got = self.got or signal.Signals(signum).name
+        if first and not self.closing:
+            raise self.error()
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._saved[sig] = signal.signal(getattr(signal, sig), self._raise)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._saved.items():
+            signal.signal(getattr(signal, sig), handler)
+
+
 def _host_tree(root: Path, sdk_hps: dict, channels: dict, host: str, hosts: list, checkpoint_dir) -> None:
     """One host's ``/opt/ml``: config, channels (symlinks to the inputs), model and output directories,
     and ``checkpoints`` (a link to ``checkpoint_dir``, which outlives the job) when given."""
@@ -243,7 +284,8 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
     port. When a host fails, or ``timeout`` (seconds, the whole job) passes, every group is killed;
     after success the servers get :data:`PS_STOP_SECONDS` to stop by themselves, then their groups are
     killed too (:attr:`TrainingJob.metrics` ``["ps_stopped_by_themselves"]`` says which happened).
-    The job's ``root`` is host 0's tree, which holds the model.
+    The job's ``root`` is host 0's tree, which holds the model. SIGTERM or SIGHUP to this process
+    while the job runs (in the main thread) stops every host too, then raises :class:`TrainingJobError`.
 
     ``checkpoint_dir``: the directory SageMaker syncs with ``checkpoint_s3_uri``; the job sees it as
     ``/opt/ml/checkpoints``, where the entry point saves every epoch and resumes from the newest."""
@@ -290,6 +332,7 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
 
     deadline = None if timeout is None else time.monotonic() + timeout
     readers, rcs, stopped = [], [None] * n, True
+    signals = _StopSignals(name).__enter__()
     try:
         for host, root in zip(hosts, roots):
             env = toolkit_env(root, {"SAGEMAKER_TRAINING_MODULE": TRAINING_MODULE, "SM_STUDIO_LOCAL_MODE": "true",
@@ -318,6 +361,7 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
                 time.sleep(0.1)
             stopped = not any(_group_alive(p.pid) for p in procs)
     finally:
+        signals.closing = True
         for proc in procs:
             _kill_group(proc.pid)  # a no-op when the group has ended; else nothing is left running
             try:
@@ -326,6 +370,9 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
                 pass
         for t in readers:
             t.join(timeout=5)
+        signals.__exit__()
+    if signals.got is not None:
+        raise signals.error()  # a signal that came while the hosts were being stopped
     # the host that failed first, not one killed because of it
     for i in sorted(range(n), key=lambda i: rcs[i] in (None, 0)):
         root = roots[i]
