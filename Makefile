@@ -30,9 +30,11 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 OUT    := outputs
 # Notebook parameters for every notebook, e.g. NB_ARGS='-p seed 7' (values parse as JSON)
 NB_ARGS ?=
+# Run only these notebooks, e.g. ONLY=02_train_local (default: all, in order)
+ONLY ?=
 PYTEST_ARGS ?=
 
-.PHONY: help setup sync run-all lab test test-slow test-gpu-extra bench bench-full lint clean distclean
+.PHONY: help setup sync run-all lab test test-extended test-slow test-gpu-extra bench bench-full lint clean distclean
 help:
 	@echo "make run-all    set up and run every notebook (outputs/)"
 	@echo "make test       set up and run the tests"
@@ -41,6 +43,7 @@ help:
 	@echo "make sync       regenerate notebooks/*.ipynb from their py:percent sources"
 	@echo "make bench      run the benchmarks under benchmarks/ (all but the full-size one)"
 	@echo "make bench-full make run-all on 110M synthetic rows against the sample: time and peak memory (~2 h)"
+	@echo "make test-extended  the slower end-to-end checks CI runs after make test (~10 min)"
 	@echo "make test-slow  the slow test tier"
 	@echo "make test-gpu-extra  install the gpu extra in its own venv and check it imports (no GPU needed)"
 	@echo "make lint       ruff (pyflakes rules)"
@@ -66,7 +69,7 @@ sync: $(STAMP)
 	$(BIN)/jupytext --quiet --update --to ipynb $(NOTEBOOKS)
 
 run-all: $(STAMP)
-	$(BIN)/python -m recsys.runner --out $(OUT) $(NB_ARGS)
+	$(BIN)/python -m recsys.runner $(ONLY) --out $(OUT) $(NB_ARGS)
 	@echo "outputs: $(OUT)/notebooks (executed), $(OUT)/metrics (JSON), $(OUT)/figures (plots)"
 
 LAB_PORT ?= 8888
@@ -77,6 +80,9 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-extended: $(STAMP)
+	$(BIN)/python -m pytest -m extended $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -5,7 +5,8 @@ and what moto does not do done by the kit's real parts:
   created. :class:`FakePlatform` makes a new job ``InProgress`` instead (moto's server runs in this
   process, so its backend objects are updated directly) and then does the work:
 * a training job: it runs the job's own ``sourcedir.tar.gz`` (downloaded from moto's S3) on the job's
-  own training data under AWS's training toolkit
+  own training data under AWS's training toolkit, on as many local hosts as its ``InstanceCount``
+  (more than one: with the parameter server, which the job's hyperparameters must enable)
   (:func:`recsys.sagemaker.training_job.run_training_job`), puts the resulting ``model.tar.gz`` at the
   job's ``ModelArtifacts`` path, and only then marks the job ``Completed``; when training fails, it
   marks the job ``Failed`` with the job's FailureReason at once;
@@ -233,12 +234,16 @@ class FakePlatform:
         for channel in d["InputDataConfig"]:
             files += self._download_prefix(channel["DataSource"]["S3DataSource"]["S3Uri"], job_dir / "data")
         user_hps = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
+        instances = int(d["ResourceConfig"]["InstanceCount"])
+        if instances > 1 and hps.get("sagemaker_parameter_server_enabled") is not True:
+            raise ValueError(f"this platform runs a {instances}-instance job with the parameter server only "
+                             "(distribution={'parameter_server': {'enabled': True}})")
         job = run_training_job(user_hps, {"train": files}, job_dir / "opt", source_dir=job_dir / "source",
-                               job_name=name, log=lambda _: None)
+                               job_name=name, log=lambda _: None, instance_count=instances)
         bucket, key = _s3_split(d["ModelArtifacts"]["S3ModelArtifacts"])
         self.s3.upload_file(str(job.model_data), bucket, key)
         return {"hyperparameters": user_hps, "model_data": job.model_data, "artifact": f"s3://{bucket}/{key}",
-                "files": [f.name for f in files]}
+                "files": [f.name for f in files], "instances": instances, "metrics": job.metrics}
 
     def _transform(self, name: str) -> dict:
         from recsys.sagemaker.transform import run_transform

@@ -19,6 +19,27 @@ def row(t="2019-10-01 00:00:00 UTC", etype="view", product=1001, category=205301
     return f"{t},{etype},{product},{category},{code},{brand},{price},{user},{session}"
 
 
+def run_cli(*args):
+    """``recsys.cli.main(ARGS)`` in this process, its output captured as ``tests/test_cli.py``'s ``run_process`` would
+    give it
+    (argparse's exits included): the same code path without a new interpreter and MXNet import per
+    call (about 4 s each). The process-level behaviour has its own tests (``run_process`` there)."""
+    import contextlib
+    import io
+
+    from recsys import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main([str(a) for a in args])
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+    import subprocess
+
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def write_csv(tmp_path):
     """write_csv(name, lines, header=True) -> path; .gz names are gzipped."""
@@ -35,3 +56,33 @@ def write_csv(tmp_path):
         return path
 
     return _write
+
+
+class Lab:
+    """One ``make run-all`` (its output directory and what it printed)."""
+
+    def __init__(self, out: Path, stdout: str, stderr: str) -> None:
+        self.out, self.stdout, self.stderr = out, stdout, stderr
+
+    def metrics(self, notebook: str) -> dict:
+        import json
+
+        return json.loads((self.out / "metrics" / f"{notebook}.json").read_text())
+
+
+def make_run_all(out, nb_args: str = "", only: str = ""):
+    import subprocess
+
+    return subprocess.run(["make", "--no-print-directory", "run-all", f"OUT={out}", f"NB_ARGS={nb_args}",
+                           f"ONLY={only}"], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """``make run-all`` as the README gives it (the October sample, every default), once for the whole
+    session: the tests of notebooks 01 to 04 and the aws-mode tests read its outputs, which they must
+    not change (copy what a test writes into)."""
+    out = tmp_path_factory.mktemp("lab") / "out"
+    r = make_run_all(out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return Lab(out, r.stdout, r.stderr)

@@ -30,13 +30,12 @@ def local_aws(tmp_path, monkeypatch):
         yield env
 
 
-@pytest.fixture(scope="module")
-def prepared_out(tmp_path_factory):
-    """Notebook 01's output, once for the module (notebook 03 in aws mode reads its prepared ids)."""
-    from test_notebooks import run_notebook
-
-    out = tmp_path_factory.mktemp("nb01")
-    run_notebook("01_explore_clean_prepare", out)
+@pytest.fixture
+def prepared_out(lab, tmp_path):
+    """Notebook 01's output (notebook 03 in aws mode reads its prepared ids), from the session's make run-all."""
+    out = tmp_path / "nb01"
+    shutil.copytree(lab.out / "prepared", out / "prepared")
+    shutil.copytree(lab.out / "metrics", out / "metrics")
     return out
 
 
@@ -50,6 +49,7 @@ def _trained_config(s3, artifact: str) -> dict:
         return json.loads(tar.extractfile("config.json").read())
 
 
+@pytest.mark.extended  # both notebooks, a training job and a transform job: ~1 min
 def test_notebooks_03_and_04_in_aws_mode_against_a_local_aws(tmp_path, local_aws, prepared_out):
     from test_notebooks import run_notebook
 
@@ -108,14 +108,14 @@ def test_notebooks_03_and_04_in_aws_mode_against_a_local_aws(tmp_path, local_aws
     assert sm.list_models()["Models"] == []
 
 
-def _estimator(tmp_path, role, hyperparameters):
+def _estimator(tmp_path, role, hyperparameters, **settings):
     from recsys.sagemaker import aws
 
     session = aws.session("us-east-1")
     bucket = session.default_bucket()
     train = aws.upload_training_data(session, [OCT], bucket, "lab")
     est = aws.make_estimator(role, tmp_path / "bundle", sagemaker_session=session, hyperparameters=hyperparameters,
-                             output_path=f"s3://{bucket}/lab/output")
+                             output_path=f"s3://{bucket}/lab/output", **settings)
     return est, train
 
 
@@ -149,6 +149,25 @@ def test_fit_returns_only_after_the_platform_has_trained_and_uploaded(tmp_path, 
         s3.head_object(Bucket=bucket, Key=key)  # the artifact is there when fit returns, not later
         assert platform.errors == []
     assert _trained_config(s3, est.model_data)["hyperparameters"].get("num_embeddings") == 8
+
+
+@pytest.mark.extended  # two hosts under the training toolkit
+def test_a_two_instance_job_trains_on_two_hosts_with_the_parameter_server(tmp_path, local_aws):
+    """``make_estimator(instance_count=2)``: the job SageMaker gets has two instances and the parameter
+    server's flag, and it trains as two hosts (worker and server on each) into one model."""
+    moto_url, runtime_port, role = local_aws
+    s3 = client("s3", moto_url)
+    with FakePlatform(moto_url, runtime_port, tmp_path / "platform") as platform:
+        est, train = _estimator(tmp_path, role, {"preset": "side", "epochs": 1}, instance_count=2)
+        error, returned = _fit_with_deadline(est, train, 300)
+        assert returned and error is None, error
+        assert platform.errors == []
+    desc = client("sagemaker", moto_url).describe_training_job(TrainingJobName=est.latest_training_job.name)
+    assert desc["ResourceConfig"]["InstanceCount"] == 2
+    assert json.loads(desc["HyperParameters"]["sagemaker_parameter_server_enabled"]) is True
+    (job,) = platform.jobs.values()
+    assert job["instances"] == 2 and job["metrics"]["hosts"] == 2 and job["metrics"]["traffic"]["steps"] > 0
+    assert _trained_config(s3, est.model_data)["hyperparameters"].get("preset") == "side"
 
 
 def test_a_failing_training_job_fails_fit_at_once_with_its_reason(tmp_path, local_aws):

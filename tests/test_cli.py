@@ -4,10 +4,12 @@ import subprocess
 import sys
 
 from conftest import HEADER, OCT
+from conftest import run_cli as run
 from recsys.prepare import SUMMARY_KEYS
 
 
-def run(*args):
+def run_process(*args):
+    """``python -m recsys.cli ARGS``: exit status, stdout and stderr of a real process."""
     return subprocess.run([sys.executable, "-m", "recsys.cli", *map(str, args)], capture_output=True, text=True)
 
 
@@ -36,7 +38,7 @@ def test_prepare_reports_malformed_rows_on_stderr(tmp_path):
 def test_bad_input_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    r = run("prepare", bad, "--out", tmp_path / "p", "-q")
+    r = run_process("prepare", bad, "--out", tmp_path / "p", "-q")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "missing required column(s) 'event_time'" in r.stderr
     assert "Traceback" not in r.stderr
@@ -175,7 +177,7 @@ def test_serve_bad_model_busy_port_and_port_out_of_range(tmp_path):
     notatar.write_bytes(b"not a tar")
     _one_line_exit_2(run("serve", notatar, "--port", 0), "not a model.tar.gz or model directory")
     _one_line_exit_2(run("serve", tmp_path / "nothing", "--port", 0), "no model at")
-    r = run("serve", notatar, "--port", 70000)
+    r = run_process("serve", notatar, "--port", 70000)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "out of range" in r.stderr
     prep, model = tmp_path / "p", tmp_path / "m"
     assert run("prepare", OCT, "--out", prep, "-q").returncode == 0
@@ -198,7 +200,7 @@ def test_help_shows_every_option_with_help_text():
                 continue
             assert action.help, f"recsys {command} {action.dest}: no help text"
         assert parser.formatter_class is argparse.ArgumentDefaultsHelpFormatter  # defaults are shown
-    r = run("train", "--help")
+    r = run_process("train", "--help")
     assert "(default: 0.02)" in " ".join(r.stdout.split())
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from recsys.sagemaker.training_job import TrainingJobError, run_training_job
 
+pytestmark = pytest.mark.extended  # every test starts several training-toolkit processes: ~45 s in all
+
 ROOT = Path(__file__).resolve().parents[1]
 OCT = ROOT / "data" / "sample" / "rees46_2019-Oct_head_0000-0250UTC.csv.gz"
 

@@ -7,7 +7,7 @@ import jupytext
 import nbformat
 import pytest
 
-from conftest import OCT, ROOT
+from conftest import OCT, ROOT, make_run_all
 from reference import prepare_summary, read_rows
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -54,20 +54,34 @@ def run_notebook(name, out_dir, **params):
 
 
 @pytest.mark.notebook
-def test_notebook_01_on_october_sample(tmp_path):
-    run_notebook("01_explore_clean_prepare", tmp_path, input_files=[str(OCT.relative_to(ROOT))])
-    metrics = json.loads((tmp_path / "metrics" / "01_explore_clean_prepare.json").read_text())
+def test_notebook_01_on_october_sample(lab):
+    metrics = lab.metrics("01_explore_clean_prepare")
     valid, bad, read = read_rows(OCT)
     ref = prepare_summary(valid)
     assert metrics["rows_malformed"] == len(bad) == 1
     assert metrics["rows_read"] == read
     for k in ("users_total", "products_total", "users_kept", "products_kept", "rows_kept", "train_rows", "test_rows"):
         assert metrics[k] == ref[k], k
-    assert (tmp_path / "prepared" / "summary.json").is_file()
-    assert (tmp_path / "figures" / "01_events_per_user_product.png").stat().st_size > 10_000
-    text = (tmp_path / "notebooks" / "01_explore_clean_prepare.ipynb").read_text()
-    assert str(ROOT) not in text  # no absolute paths of the checkout
-    assert "start_time" not in text and "duration" not in text  # no timestamps
+    assert (lab.out / "prepared" / "summary.json").is_file()
+    assert (lab.out / "figures" / "01_events_per_user_product.png").stat().st_size > 10_000
+
+
+@pytest.mark.notebook
+def test_executed_notebooks_hold_no_absolute_paths_timestamps_or_timings(lab):
+    names = sorted(p.name for p in (lab.out / "notebooks").iterdir())
+    assert names == [p.name for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+    for name in names:
+        text = (lab.out / "notebooks" / name).read_text()
+        assert str(ROOT) not in text, name  # no absolute paths of the checkout
+        for cell in nbformat.reads(text, as_version=4).cells:  # OUT only where it was given: the parameters
+            if "injected-parameters" not in cell.metadata.get("tags", []):
+                assert str(lab.out) not in json.dumps(cell), (name, cell.source[:200])
+        assert "start_time" not in text and "duration" not in text, name  # no timestamps
+        outputs = json.dumps([c.get("outputs", []) for c in nbformat.reads(text, as_version=4).cells])
+        assert "rows/s" not in outputs and "pairs/s" not in outputs, name  # timings went to stderr
+    assert "epoch 1/3" in lab.stderr  # progress and timings stream to the terminal, not into the notebooks
+    assert "Passed unknown parameter" not in lab.stdout + lab.stderr
+    assert "without encryption" not in lab.stdout + lab.stderr
 
 
 def readme_figures():
@@ -101,12 +115,10 @@ def test_readme_table_of_figures_is_parsed():
 
 
 @pytest.mark.notebook
-def test_notebook_02_after_01_on_october_sample(tmp_path):
-    run_notebook("01_explore_clean_prepare", tmp_path)
-    prepared_dir = str(tmp_path / "prepared")
-    run_notebook("02_train_local", tmp_path, prepared_dir=prepared_dir)
+def test_notebook_02_after_01_on_october_sample(lab):
+    tmp_path = lab.out
     assert check_readme_figures(tmp_path, {"01_explore_clean_prepare", "02_train_local"}) >= 15
-    m = json.loads((tmp_path / "metrics" / "02_train_local.json").read_text())
+    m = lab.metrics("02_train_local")
     assert m["mean_predictor"]["test_mse"] == pytest.approx(0.2826, abs=1e-3)
     assert m["event_score"]["test_mse"] > m["mean_predictor"]["test_mse"]  # what the notebook says in words
     assert (tmp_path / "model_best" / "model_info.json").is_file()
@@ -139,60 +151,63 @@ def test_notebook_02_after_01_on_october_sample(tmp_path):
 
 
 @pytest.mark.notebook
-def test_notebook_03_local_mode(tmp_path):
-    run_notebook("01_explore_clean_prepare", tmp_path)
-    # the workshop's own job (preset "seed"), 2 epochs; the default preset "best" is the job test of test_sagemaker
-    run_notebook("03_sagemaker_train_deploy", tmp_path, preset="seed", epochs=2, latency_requests=50)
-    m = json.loads((tmp_path / "metrics" / "03_sagemaker_train_deploy.json").read_text())
+def test_notebook_03_local_mode(lab):
+    """The default job: preset "best" (notebook 02's choice) under AWS's training toolkit, deployed on the
+    local endpoint (the workshop's preset "seed" in notebook 03: tests/test_aws_mode.py)."""
+    m = lab.metrics("03_sagemaker_train_deploy")
+    best = lab.metrics("02_train_local")["best"]
     assert m["mode"] == "local" and m["training"]["rows_malformed"] == 1
-    assert m["hyperparameters"] == {"preset": "seed", "num_embeddings": 64, "opt": "sgd", "lr": 0.02, "momentum": 0.9,
-                                    "wd": 0.0, "epochs": 2}
-    assert m["estimate"]["rows"] > 10_000 and m["estimate"]["total_seconds"] < 60  # said before the job started
+    assert m["hyperparameters"] == {"preset": "best"}, m["hyperparameters"]
+    assert best["name"] == "sequence" and m["training"]["epochs"] == 6  # the preset's epochs
+    assert m["estimate"]["rows"] > 10_000 and m["estimate"]["total_seconds"] < 600  # said before the job started
+    # the job trains what notebook 02 trained (same data, seed and settings, on the CPU): the same ranking
+    assert m["training"]["hr_at_10"] == pytest.approx(best["hr_at_10"], abs=1e-9)
     pred = m["predictions"]
     assert len(pred["json"]) == 2 and pred["csv"] == pytest.approx(pred["json"], rel=1e-6)
     assert pred["unknown_json"][1] is None and pred["unknown_csv"] == ["", ""]
-    history = m["training"]["history"]  # the job's per-epoch test MSE, for the notebook's table
-    assert [h["epoch"] for h in history] == [1, 2] and m["training"]["mean_predictor_test_mse"] > 0
     lat = m["latency_ms"]
     # through boto3 on loopback: a single pair well under 50 ms, a 1,000-row batch under 500 ms
     assert 0 < lat["single_pair_p50_ms"] < 50 and 0 < lat["batch_1000_p50_ms"] < 500, lat
-    assert (tmp_path / "sagemaker" / "jobs" / "recsys-lab-training" / "output" / "model.tar.gz").is_file()
+    assert (lab.out / "sagemaker" / "jobs" / "recsys-lab-training" / "output" / "model.tar.gz").is_file()
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("database", ["sqlite", "mariadb"])
-def test_notebook_04_after_01_and_02(tmp_path, database):
+def test_notebook_04_on_sqlite(lab):
+    """make run-all's notebook 04: the best model of notebook 02, SQLite, Batch Transform on AWS's stack."""
+    m = lab.metrics("04_sql_scoring")
+    assert m["database"] == "sqlite" and m["model"].endswith("model_best")
+    assert m["inputs_rows"] == m["predict_rows"] == 100_000
+    assert m["requests_sent"] == 10 and m["unknown_pairs"] == 0 and m["pairs_per_second"] > 1_000
+    assert len(m["top_n_first_user"]) == 5
+    assert m["transform"]["rows"] == 20_000 and m["transform"]["agreement"]["null_mismatch"] == 0
+    assert (lab.out / "figures" / "04_score_distribution.png").is_file()
+
+
+@pytest.mark.notebook
+def test_notebook_04_on_mariadb(lab, tmp_path):
+    """The MySQL path on a real MariaDB server (fails, never skips, when the server is down)."""
+    import shutil
     import uuid
 
     import sqlalchemy as sa
 
-    from recsys.prepare import Prepared
-    from recsys.training import train_and_save
-
-    run_notebook("01_explore_clean_prepare", tmp_path)
-    # a model of this data (notebook 02's seed model, 1 epoch): notebook 04 is under test here, not 02
-    train_and_save(Prepared.load(tmp_path / "prepared"), tmp_path / "model", progress=False, epochs=1)
-    params = {"prepared_dir": str(tmp_path / "prepared"), "model": str(tmp_path / "model"), "progress": False}
-    server = None
-    if database == "mariadb":  # fails, never skips, when the server is down
-        name = f"recsys_nb_{uuid.uuid4().hex[:8]}"
-        base = os.environ.get("RECSYS_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
-        server = sa.create_engine(base)
-        with server.begin() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-        params["db_url"] = f"{base}/{name}"
-    try:
-        run_notebook("04_sql_scoring", tmp_path, **params)
+    for d in ("prepared", "model_best"):
+        shutil.copytree(lab.out / d, tmp_path / d)
+    name = f"recsys_nb_{uuid.uuid4().hex[:8]}"
+    base = os.environ.get("RECSYS_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+    server = sa.create_engine(base)
+    with server.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:  # the transform (not a database's business) ran in make run-all's notebook 04
+        run_notebook("04_sql_scoring", tmp_path, db_url=f"{base}/{name}", transform_rows=0, progress=False)
     finally:
-        if server is not None:
-            with server.begin() as conn:
-                conn.execute(sa.text(f"DROP DATABASE {name}"))
+        with server.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE {name}"))
     m = json.loads((tmp_path / "metrics" / "04_sql_scoring.json").read_text())
-    assert m["database"] == ("sqlite" if database == "sqlite" else "mysql")
-    assert m["inputs_rows"] == m["predict_rows"] == 100_000
-    assert m["requests_sent"] == 10 and m["unknown_pairs"] == 0 and m["pairs_per_second"] > 1_000
-    assert len(m["top_n_first_user"]) == 5
-    assert (tmp_path / "figures" / "04_score_distribution.png").is_file()
+    sqlite = lab.metrics("04_sql_scoring")
+    assert m["database"] == "mysql" and m["inputs_rows"] == m["predict_rows"] == 100_000
+    assert m["requests_sent"] == 10 and m["unknown_pairs"] == 0
+    assert m["top_n_first_user"] == sqlite["top_n_first_user"]  # the same scores through either database
 
 
 def test_runner_run_refuses_a_parameter_the_notebook_does_not_declare(tmp_path):
@@ -235,45 +250,23 @@ def test_runner_reads_lists_the_way_a_shell_leaves_them():
     assert _value("a.csv") == "a.csv" and _value("7") == 7 and _value("false") is False
 
 
-def _make_run_all(out, nb_args):
-    import subprocess
-
-    return subprocess.run(["make", "--no-print-directory", "run-all", f"OUT={out}", f"NB_ARGS={nb_args}"], cwd=ROOT,
-                          capture_output=True, text=True)
-
-
 @pytest.mark.notebook
-def test_make_run_all_with_the_readmes_full_data_form_twice_gives_byte_identical_notebooks(tmp_path):
-    """The README's instructor path, with the two sample files standing in for the Kaggle months, run twice
-    into one output directory: timings go to stderr, which the runner keeps out of the executed
-    notebooks, and nothing else varies (one test for both: each make run-all takes minutes)."""
-    import shutil
-
+def test_make_run_all_with_the_readmes_full_data_form(tmp_path):
+    """The README's instructor path, with the two sample files standing in for the Kaggle months, as
+    make's shell passes the list (notebook 01: where the two files meet)."""
     nov = "data/sample/rees46_2019-Nov_random10k.csv.gz"
     oct_ = str(OCT.relative_to(ROOT))
-    out = tmp_path / "out"
-    r = _make_run_all(out, f'-p input_files ["{oct_}","{nov}"]')
+    r = make_run_all(tmp_path, f'-p input_files ["{oct_}","{nov}"]', only="01_explore_clean_prepare")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    m = json.loads((out / "metrics" / "01_explore_clean_prepare.json").read_text())
+    m = json.loads((tmp_path / "metrics" / "01_explore_clean_prepare.json").read_text())
     assert m["input_files"] == [oct_, nov]
     assert m["users_kept"] == 914  # both samples: the November users with 5 events join
-    for name in ("02_train_local", "03_sagemaker_train_deploy", "04_sql_scoring"):
-        assert (out / "metrics" / f"{name}.json").is_file()
-    assert "Passed unknown parameter" not in r.stdout + r.stderr and "without encryption" not in r.stdout + r.stderr
-    assert "epoch 1/3" in r.stderr  # progress and timings stream to the terminal, not into the notebooks
-    first = tmp_path / "first"
-    shutil.copytree(out / "notebooks", first)
-    r = _make_run_all(out, f'-p input_files ["{oct_}","{nov}"]')
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    names = sorted(p.name for p in first.iterdir())
-    assert names == [p.name for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
-    for name in names:
-        assert (first / name).read_bytes() == (out / "notebooks" / name).read_bytes(), name
+    assert [p.name for p in (tmp_path / "notebooks").iterdir()] == ["01_explore_clean_prepare.ipynb"]  # ONLY
 
 
 @pytest.mark.notebook
 def test_make_run_all_refuses_a_plain_string_with_one_line(tmp_path):
-    r = _make_run_all(tmp_path, f"-p input_files {OCT.relative_to(ROOT)}")
+    r = make_run_all(tmp_path, f"-p input_files {OCT.relative_to(ROOT)}")
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if "input_files" in line]
     assert len(errors) == 1 and "must be a list of file paths" in errors[0], r.stderr[-2000:]
@@ -296,3 +289,19 @@ def test_python_m_recsys_runner(tmp_path):
     assert r.returncode == 2 and "no notebook has the parameter(s) no_such_parameter" in r.stderr
     r = runner("09_nothing", "--out", str(tmp_path))
     assert r.returncode == 2 and "no notebook 09_nothing.ipynb" in r.stderr
+
+
+@pytest.mark.notebook
+@pytest.mark.extended
+def test_a_second_make_run_all_into_the_same_directory_gives_byte_identical_notebooks(lab, tmp_path):
+    """Two make run-all on the sample, the second over the first's outputs (the session's, so this runs
+    last): timings go to stderr, which the runner keeps out of the executed notebooks, and nothing else
+    varies."""
+    import shutil
+
+    first = tmp_path / "first"
+    shutil.copytree(lab.out / "notebooks", first)
+    r = make_run_all(lab.out)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for path in sorted(first.iterdir()):
+        assert path.read_bytes() == (lab.out / "notebooks" / path.name).read_bytes(), path.name

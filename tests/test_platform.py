@@ -36,6 +36,7 @@ def test_pyproject_allows_310_and_311_only():
     assert 'requires-python = ">=3.10,<3.12"' in text
 
 
+@pytest.mark.extended  # pip resolves the whole pin set for Python 3.10: ~45 s each
 @pytest.mark.parametrize("extra", ["cpu", "gpu"])
 def test_dependencies_resolve_for_python_310(tmp_path, extra):
     """The whole dependency set installs on a SageMaker notebook instance's Python 3.10 (binary wheels only)."""
@@ -132,6 +133,7 @@ def test_mx_module_preloads_what_the_installed_build_needs():
     assert not [p for p in mapped if re.search(r"/lib(nvblas|cufftw|OpenCL|cusolverMg)[^/]*$", p)]
 
 
+@pytest.mark.extended  # installs the lab extra and starts JupyterLab: ~20 s
 def test_make_lab_serves_jupyterlab_on_loopback_with_the_kit_kernel(tmp_path):
     """`make lab`: JupyterLab from the kit's environment, on 127.0.0.1 only, with the recsys-lab kernel."""
     import re

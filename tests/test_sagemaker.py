@@ -269,6 +269,7 @@ def test_serving_bundle_has_no_requirements(tmp_path):
     assert "requirements.txt" not in bundle_files(d) and ENTRY_POINT in bundle_files(d)
 
 
+@pytest.mark.extended  # a pip resolution for Python 3.8: ~10 s
 def test_bundle_requirements_keep_numpy_below_124_on_the_containers_python38(tmp_path):
     """What the training container's pip step resolves on Python 3.8 (next to mxnet 1.9.1) must keep
     NumPy < 1.24: pandas 2.0 alone would pull NumPy 1.24.4, and `import mxnet` fails on np.bool."""

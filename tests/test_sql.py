@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from conftest import OCT
+from conftest import OCT, run_cli
 from recsys import sql
 from recsys.artifacts import Recommender, data_fingerprint
 from recsys.prepare import prepare_files
@@ -216,9 +216,8 @@ def test_identifiers_and_aurora_text():
 
 
 def test_sql_score_cli(eng, endpoint, loaded, model_dir):
-    r = subprocess.run([sys.executable, "-m", "recsys.cli", "sql-score", "--db", eng.url.render_as_string(hide_password=False),
-                        "--endpoint", endpoint.url, "--target", "predict_cli", "--max-batch-size", "2000", "-q"],
-                       capture_output=True, text=True)
+    r = run_cli("sql-score", "--db", eng.url.render_as_string(hide_password=False), "--endpoint", endpoint.url,
+                "--target", "predict_cli", "--max-batch-size", "2000", "-q")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["predict_rows"] == out["inputs_rows"] and out["requests_sent"] >= 3
@@ -233,13 +232,14 @@ def _assert_scores_match(eng, table, model_dir):
     np.testing.assert_allclose(df["recommend_score"].to_numpy(float), expected, rtol=1e-6, equal_nan=True)
 
 
-def test_sql_score_cli_with_an_endpoint_name(eng, endpoint, loaded, model_dir):
+def test_sql_score_cli_with_an_endpoint_name(eng, endpoint, loaded, model_dir, monkeypatch):
     """A SageMaker endpoint name: the real boto3 sagemaker-runtime client, routed to the local endpoint."""
-    env = {**os.environ, "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": endpoint.url, "AWS_ACCESS_KEY_ID": "testing",
+    env = {"AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": endpoint.url, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
-    r = subprocess.run([sys.executable, "-m", "recsys.cli", "sql-score", "--db", eng.url.render_as_string(hide_password=False),
-                        "--endpoint", endpoint.name, "--region", "us-east-1", "--target", "predict_named", "-q"],
-                       capture_output=True, text=True, env=env)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    r = run_cli("sql-score", "--db", eng.url.render_as_string(hide_password=False), "--endpoint", endpoint.name,
+                "--region", "us-east-1", "--target", "predict_named", "-q")
     assert r.returncode == 0, r.stderr
     _assert_scores_match(eng, "predict_named", model_dir)
 
@@ -250,8 +250,7 @@ def test_sql_score_cli_with_dead_endpoint_exits_2(tmp_path):
     with e.begin() as conn:
         conn.execute(sa.text("CREATE TABLE inputs (user_id BIGINT, product_id BIGINT)"))
         conn.execute(sa.text("INSERT INTO inputs VALUES (1, 2)"))
-    r = subprocess.run([sys.executable, "-m", "recsys.cli", "sql-score", "--db", db, "--endpoint", "http://127.0.0.1:9",
-                        "-q"], capture_output=True, text=True)
+    r = run_cli("sql-score", "--db", db, "--endpoint", "http://127.0.0.1:9", "-q")
     assert r.returncode == 2 and "unreachable" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -5,13 +5,11 @@ SDK's Transformer against moto, whose transform job the test's platform runs fro
 Only one Multi Model Server can run on a machine, so the tests that start one run one at a time."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import OCT
+from conftest import OCT, run_cli
 from recsys.artifacts import Recommender
 from recsys.sagemaker import transform as bt
 
@@ -68,6 +66,7 @@ def _packing(path, limit):
     return batches + (1 if size else 0)
 
 
+@pytest.mark.extended  # AWS's serving stack at size: ~13 s each
 @pytest.mark.container
 def test_200k_lines_through_the_mxnet_serving_stack_equal_in_process_scores(model, pairs, tmp_path):
     """One serving stack with what Batch Transform sets for MaxPayloadInMB=1: MultiRecord over 200,000
@@ -122,14 +121,13 @@ def test_a_record_over_the_payload_limit_fails_the_job_clearly(model, tmp_path):
     assert str(e.value) == ("big.csv: line 2 is a record of 1,100,003 bytes, over MaxPayloadInMB=1 (1,048,576 bytes); "
                             "the job fails, as on SageMaker")
     assert list(out.iterdir()) == []  # no .out and no partial file
-    r = subprocess.run([sys.executable, "-m", "recsys.cli", "transform", str(model[0]), str(path), "--out",
-                        str(tmp_path / "cli"), "--max-payload-mb", "1", "--engine", "local", "-q"],
-                       capture_output=True, text=True)
+    r = run_cli("transform", model[0], path, "--out", tmp_path / "cli", "--max-payload-mb", "1", "--engine", "local", "-q")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == f"recsys transform: error: {e.value}\n"
     assert not (tmp_path / "cli").exists()  # the command writes its directory whole or not at all
 
 
+@pytest.mark.extended  # AWS's serving stack at size: ~13 s each
 @pytest.mark.container
 def test_an_answer_over_the_serving_stacks_limit_fails_alike_on_both_engines(tmp_path):
     """MMS refuses answers over 6,553,500 bytes (max_response_size; the payload setting does not change
@@ -168,17 +166,14 @@ def test_cli_transform_one_json_line_and_the_out_file(model, pairs, tmp_path):
     head = tmp_path / "in" / "head.csv"
     head.parent.mkdir()
     head.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:500]))
-    r = subprocess.run([sys.executable, "-m", "recsys.cli", "transform", str(model[0]), str(head), "--out",
-                        str(tmp_path / "out"), "--engine", "local", "--strategy", "SingleRecord"],
-                       capture_output=True, text=True)
+    r = run_cli("transform", model[0], head, "--out", tmp_path / "out", "--engine", "local", "--strategy", "SingleRecord")
     assert r.returncode == 0, r.stderr
     (line,) = r.stdout.splitlines()
     result = json.loads(line)
     assert result["engine"] == "local-endpoint" and result["records"] == result["requests"] == 500
     assert result["outputs"] == [str(tmp_path / "out" / "head.csv.out")] and result["strategy"] == "SingleRecord"
     _check(tmp_path / "out" / "head.csv.out", expected[:500])
-    r = subprocess.run([sys.executable, "-m", "recsys.cli", "transform", str(model[0]), str(head), "--out",
-                        str(tmp_path / "out"), "--engine", "local"], capture_output=True, text=True)
+    r = run_cli("transform", model[0], head, "--out", tmp_path / "out", "--engine", "local")
     assert r.returncode == 2 and "is not empty: pass --force" in r.stderr and r.stderr.count("\n") == 1
 
 

@@ -277,6 +277,15 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # a burst of clients must queue, not be reset (the default backlog is 5)
 
+    def handle_error(self, request, client_address):
+        """A client that hung up before its answer was written (a timeout, a cancelled call) is not the
+        endpoint's fault: no traceback on stderr for it; anything else is printed as usual."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class LocalEndpoint:
     """A SageMaker-compatible endpoint on 127.0.0.1 for a ``model.tar.gz`` or a model directory."""
