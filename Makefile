@@ -43,7 +43,7 @@ help:
 	@echo "make sync       regenerate notebooks/*.ipynb from their py:percent sources"
 	@echo "make bench      run the benchmarks under benchmarks/ (all but the full-size one)"
 	@echo "make bench-full make run-all on 110M synthetic rows against the sample: time and peak memory (~2 h)"
-	@echo "make test-extended  the slower end-to-end checks CI runs after make test (~10 min)"
+	@echo "make test-extended  the slower end-to-end checks CI runs after make test (~11 min)"
 	@echo "make test-slow  the slow test tier"
 	@echo "make test-gpu-extra  install the gpu extra in its own venv and check it imports (no GPU needed)"
 	@echo "make lint       ruff (pyflakes rules)"
