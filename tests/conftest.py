@@ -1,5 +1,9 @@
+import contextlib
 import gzip
+import io
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,13 +24,10 @@ def row(t="2019-10-01 00:00:00 UTC", etype="view", product=1001, category=205301
 
 
 def run_cli(*args):
-    """``recsys.cli.main(ARGS)`` in this process, its output captured as ``tests/test_cli.py``'s ``run_process`` would
-    give it
-    (argparse's exits included): the same code path without a new interpreter and MXNet import per
-    call (about 4 s each). The process-level behaviour has its own tests (``run_process`` there)."""
-    import contextlib
-    import io
-
+    """``recsys.cli.main(ARGS)`` in this process, its output captured as ``tests/test_cli.py``'s
+    ``run_process`` gives it (argparse's exits included): the same code path without a new interpreter
+    and MXNet import per call (about 4 s each). The process-level behaviour has its own tests
+    (``run_process`` there)."""
     from recsys import cli
 
     out, err = io.StringIO(), io.StringIO()
@@ -35,8 +36,6 @@ def run_cli(*args):
             rc = cli.main([str(a) for a in args])
         except SystemExit as e:
             rc = e.code if isinstance(e.code, int) else 1
-    import subprocess
-
     return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
@@ -65,14 +64,10 @@ class Lab:
         self.out, self.stdout, self.stderr = out, stdout, stderr
 
     def metrics(self, notebook: str) -> dict:
-        import json
-
         return json.loads((self.out / "metrics" / f"{notebook}.json").read_text())
 
 
 def make_run_all(out, nb_args: str = "", only: str = ""):
-    import subprocess
-
     return subprocess.run(["make", "--no-print-directory", "run-all", f"OUT={out}", f"NB_ARGS={nb_args}",
                            f"ONLY={only}"], cwd=ROOT, capture_output=True, text=True)
 

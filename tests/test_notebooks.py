@@ -72,12 +72,13 @@ def test_executed_notebooks_hold_no_absolute_paths_timestamps_or_timings(lab):
     assert names == [p.name for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
     for name in names:
         text = (lab.out / "notebooks" / name).read_text()
+        cells = nbformat.reads(text, as_version=4).cells
         assert str(ROOT) not in text, name  # no absolute paths of the checkout
-        for cell in nbformat.reads(text, as_version=4).cells:  # OUT only where it was given: the parameters
+        for cell in cells:  # OUT only where it was given: the parameters
             if "injected-parameters" not in cell.metadata.get("tags", []):
                 assert str(lab.out) not in json.dumps(cell), (name, cell.source[:200])
         assert "start_time" not in text and "duration" not in text, name  # no timestamps
-        outputs = json.dumps([c.get("outputs", []) for c in nbformat.reads(text, as_version=4).cells])
+        outputs = json.dumps([c.get("outputs", []) for c in cells])
         assert "rows/s" not in outputs and "pairs/s" not in outputs, name  # timings went to stderr
     assert "epoch 1/3" in lab.stderr  # progress and timings stream to the terminal, not into the notebooks
     assert "Passed unknown parameter" not in lab.stdout + lab.stderr
@@ -116,12 +117,11 @@ def test_readme_table_of_figures_is_parsed():
 
 @pytest.mark.notebook
 def test_notebook_02_after_01_on_october_sample(lab):
-    tmp_path = lab.out
-    assert check_readme_figures(tmp_path, {"01_explore_clean_prepare", "02_train_local"}) >= 15
+    assert check_readme_figures(lab.out, {"01_explore_clean_prepare", "02_train_local"}) >= 15
     m = lab.metrics("02_train_local")
     assert m["mean_predictor"]["test_mse"] == pytest.approx(0.2826, abs=1e-3)
     assert m["event_score"]["test_mse"] > m["mean_predictor"]["test_mse"]  # what the notebook says in words
-    assert (tmp_path / "model_best" / "model_info.json").is_file()
+    assert (lab.out / "model_best" / "model_info.json").is_file()
     assert set(m["event_score"]) >= {"train_mse", "test_mse", "hr_at_10", "ndcg_at_10"}
     for name in ("implicit", "side", "sequence", "popularity", "heuristic"):
         assert set(m[name]) >= {"hr_at_10", "ndcg_at_10", "val_hr_at_10", "hr_at_10_se", "warm_hr_at_10",
@@ -142,12 +142,12 @@ def test_notebook_02_after_01_on_october_sample(lab):
     assert m["implicit"]["ndcg_at_10"] > m["popularity"]["ndcg_at_10"]
     assert m["event_score"]["hr_at_10"] < m["popularity"]["hr_at_10"]
     for d in ("model", "model_implicit", "model_side", "model_sequence"):
-        assert (tmp_path / d / "model_info.json").is_file()
+        assert (lab.out / d / "model_info.json").is_file()
     # each model directory holds the figures of its own network: the seed's MSEs and its ranking together
-    seed_info = json.loads((tmp_path / "model" / "model_info.json").read_text())["metrics"]
+    seed_info = json.loads((lab.out / "model" / "model_info.json").read_text())["metrics"]
     assert seed_info["test_mse"] == m["event_score"]["test_mse"] and seed_info["hr_at_10"] == m["event_score"]["hr_at_10"]
     for fig in ("02_train_test_mse.png", "02_two_users_scatter.png", "02_ranking.png"):
-        assert (tmp_path / "figures" / fig).stat().st_size > 5_000
+        assert (lab.out / "figures" / fig).stat().st_size > 5_000
 
 
 @pytest.mark.notebook
@@ -159,7 +159,7 @@ def test_notebook_03_local_mode(lab):
     assert m["mode"] == "local" and m["training"]["rows_malformed"] == 1
     assert m["hyperparameters"] == {"preset": "best"}, m["hyperparameters"]
     assert best["name"] == "sequence" and m["training"]["epochs"] == 6  # the preset's epochs
-    assert m["estimate"]["rows"] > 10_000 and m["estimate"]["total_seconds"] < 600  # said before the job started
+    assert m["estimate"]["rows"] > 10_000 and m["estimate"]["total_seconds"] < 60  # said before the job started
     # the job trains what notebook 02 trained (same data, seed and settings, on the CPU): the same ranking
     assert m["training"]["hr_at_10"] == pytest.approx(best["hr_at_10"], abs=1e-9)
     pred = m["predictions"]

@@ -46,6 +46,8 @@ def test_training_job_tree_contract_and_artifact(job):
     hps = json.loads((root / "input/config/hyperparameters.json").read_text())
     user = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
     assert user == {k: json.dumps(v) for k, v in HP.items()}  # the SDK's encoding
+    # the seed job's per-epoch test MSE, for notebook 03's table
+    assert [h["epoch"] for h in job.metrics["history"]] == [1, 2] and job.metrics["mean_predictor_test_mse"] > 0
     assert json.loads(hps["sagemaker_program"]) == ENTRY_POINT
     submit = Path(json.loads(hps["sagemaker_submit_directory"]))
     with tarfile.open(submit) as tar:  # the SDK's sourcedir.tar.gz: the bundle at the root

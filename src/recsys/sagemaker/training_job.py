@@ -190,11 +190,11 @@ def _kill_group(pgid: int) -> None:
 
 
 class _StopSignals:
-    """While active in the main thread, SIGTERM and SIGHUP (a kernel shut down, a terminal closed, a
-    ``kill``) raise :class:`TrainingJobError` in it instead of ending the process at once, so that the
-    job's ``finally`` kills every host's process group: each runs in its own session, and would go on
-    training without a parent otherwise. Elsewhere (a thread) it does nothing. (SIGKILL cannot be
-    caught: after one the groups outlive the parent.)"""
+    """Between :meth:`install` and :meth:`restore`, in the main thread, SIGTERM and SIGHUP (a kernel
+    shut down, a terminal closed, a ``kill``) raise :class:`TrainingJobError` in it instead of ending the
+    process at once, so that the job's ``finally`` kills every host's process group: each runs in its
+    own session, and would go on training without a parent otherwise. Elsewhere (a thread) it does
+    nothing. (SIGKILL cannot be caught: after one the groups outlive the parent.)"""
 
     SIGNALS = ("SIGTERM", "SIGHUP")
 
@@ -214,7 +214,7 @@ class _StopSignals:
         if first and not self.closing:
             raise self.error()
 
-    def __enter__(self):
+    def install(self) -> "_StopSignals":
         import signal
         import threading
 
@@ -223,7 +223,7 @@ class _StopSignals:
                 self._saved[sig] = signal.signal(getattr(signal, sig), self._raise)
         return self
 
-    def __exit__(self, *exc):
+    def restore(self) -> None:
         import signal
 
         for sig, handler in self._saved.items():
@@ -332,7 +332,7 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
 
     deadline = None if timeout is None else time.monotonic() + timeout
     readers, rcs, stopped = [], [None] * n, True
-    signals = _StopSignals(name).__enter__()
+    signals = _StopSignals(name).install()
     try:
         for host, root in zip(hosts, roots):
             env = toolkit_env(root, {"SAGEMAKER_TRAINING_MODULE": TRAINING_MODULE, "SM_STUDIO_LOCAL_MODE": "true",
@@ -370,7 +370,7 @@ def run_training_job(hyperparameters: dict, channels: dict, work_dir, source_dir
                 pass
         for t in readers:
             t.join(timeout=5)
-        signals.__exit__()
+        signals.restore()
     if signals.got is not None:
         raise signals.error()  # a signal that came while the hosts were being stopped
     # the host that failed first, not one killed because of it
