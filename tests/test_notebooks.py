@@ -305,3 +305,18 @@ def test_a_second_make_run_all_into_the_same_directory_gives_byte_identical_note
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     for path in sorted(first.iterdir()):
         assert path.read_bytes() == (lab.out / "notebooks" / path.name).read_bytes(), path.name
+
+
+def test_notebook_03s_seed_defaults_are_the_workshops_hyperparameters():
+    """Notebook 03 with preset="seed" and its other parameters at their defaults sends the workshop's
+    SageMaker hyperparameters (the notebook's own defaults, read from its parameters cell)."""
+    import ast
+
+    import papermill
+
+    from recsys.sagemaker.entry import job_hyperparameters
+
+    params = papermill.inspect_notebook(str(ROOT / "notebooks" / "03_sagemaker_train_deploy.ipynb"))
+    seed_hps = {k: ast.literal_eval(params[k]["default"]) for k in ("num_embeddings", "opt", "lr", "momentum", "wd")}
+    assert job_hyperparameters("seed", 2, **seed_hps) == {"preset": "seed", "num_embeddings": 64, "opt": "sgd",
+                                                          "lr": 0.02, "momentum": 0.9, "wd": 0.0, "epochs": 2}
