@@ -276,3 +276,32 @@ def test_embedding_grad_sum_is_per_example_step():
     assert np.isfinite(wc).all() and not np.allclose(wc, wd_)
     with pytest.raises(ValueError, match="embedding_grad"):
         TrainConfig(embedding_grad="sum", update="trainer").validate()
+
+
+@pytest.mark.parametrize("n_items", [50, 10_000])
+def test_side_plan_updates_exactly_the_candidates_rows(n_items):
+    """Each SideMFBlock batch updates the rows of its candidates (the positives and the negatives drawn) and
+    no others: a row that is only in the negatives' pool but was never drawn must not get an optimizer step
+    (with Adam, a zero gradient still moves a row). ``i_rows`` are the distinct candidates, sorted, and
+    ``i_rows[i_inv]`` the candidates, the positive first; checked on a small catalogue (no pool) and on one
+    whose pool is larger than the draws of a 16-pair batch."""
+    from recsys.training import NEGATIVE_POOL, _side_plan
+
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(0, 40, 200), rng.integers(0, n_items, 200)
+    batches = [np.arange(0, 16), np.arange(16, 48), np.arange(48, 200)]
+    k = 4
+    got = list(_side_plan(users, items, batches, np.random.default_rng(5), n_items, k, mx.cpu()))
+    draws = np.random.default_rng(5)  # the same draws, made the plain way
+    for b, (n, u_rows, u_inv, i_rows, i_inv, u_idx) in zip(batches, got):
+        if n_items > NEGATIVE_POOL:
+            pool = draws.integers(0, n_items, NEGATIVE_POOL)
+            neg = pool[draws.integers(0, NEGATIVE_POOL, (len(b), k))]
+        else:
+            neg = draws.integers(0, n_items, (len(b), k))
+        cand = np.concatenate([items[b][:, None], neg], axis=1)
+        assert n == len(b)
+        np.testing.assert_array_equal(i_rows.asnumpy(), np.unique(cand))
+        np.testing.assert_array_equal(i_rows.asnumpy()[i_inv.asnumpy()].reshape(n, k + 1), cand)
+        np.testing.assert_array_equal(u_rows.asnumpy()[u_inv.asnumpy()], users[b])
+        np.testing.assert_array_equal(u_idx.asnumpy(), users[b])

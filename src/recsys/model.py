@@ -158,8 +158,9 @@ class SideMFBlock(gluon.HybridBlock):
     def user_tower(self, F, user_rows, rc, rb, mask):
         """User vectors from the user's embedding rows and the codes of its recent rows (batch x recent)."""
         last_mask = F.slice_axis(mask, axis=1, begin=-1, end=None)  # (batch, 1)
-        last = F.broadcast_mul(self.last_category(F.slice_axis(rc, axis=1, begin=-1, end=None).reshape((-1,)))
-                               + self.last_brand(F.slice_axis(rb, axis=1, begin=-1, end=None).reshape((-1,))), last_mask)
+        last = (self.last_category(F.slice_axis(rc, axis=1, begin=-1, end=None).reshape((-1,)))
+                + self.last_brand(F.slice_axis(rb, axis=1, begin=-1, end=None).reshape((-1,))))
+        last = last * F.broadcast_like(last_mask, last)  # (an elementwise product's gradient is cheaper)
         # the mean over the recent rows that exist: (batch, 1, recent) x (batch, recent, d), one batched product
         weights = F.broadcast_div(mask, F.maximum(F.sum(mask, axis=1, keepdims=True), 1.0))
         recent = F.batch_dot(F.expand_dims(weights, axis=1), self.recent_category(rc) + self.recent_brand(rb))

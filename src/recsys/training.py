@@ -537,23 +537,35 @@ NEGATIVE_POOL = 2048
 
 def _side_plan(users, items, batches, rng, n_items: int, k: int, ctx):
     """The index arrays of these batches (index arrays into the pairs ``users``, ``items``), each positive
-    with ``k`` uniformly sampled negatives (from a per-batch pool, :data:`NEGATIVE_POOL`), built on the host for the whole chunk and copied to the device
-    once per array. Yields ``(n, u_rows, u_inv, i_rows, i_inv, users, candidates)`` per batch (NDArray slices)."""
-    plan = {"u_rows": [], "u_inv": [], "i_rows": [], "i_inv": [], "cand": []}
+    with ``k`` uniformly sampled negatives (from a per-batch pool, :data:`NEGATIVE_POOL`), built on the host
+    for the whole chunk and copied to the device once per array. Yields ``(n, u_rows, u_inv, i_rows, i_inv,
+    users)`` per batch (NDArray slices): the batch's distinct users and where each pair's user is among
+    them, its distinct candidate items and where each of the ``n x (k + 1)`` candidates (the positive
+    first) is among them, and the pairs' users."""
+    plan = {"u_rows": [], "u_inv": [], "i_rows": [], "i_inv": []}
     bounds = []
     for b in batches:
         u = users[b]
         n = len(u)
-        cand = np.empty((n, k + 1), np.int64)
-        cand[:, 0] = items[b]
         if n_items > NEGATIVE_POOL:  # a batch's negatives come from one uniform pool: fewer rows to update
             pool = rng.integers(0, n_items, NEGATIVE_POOL)
-            cand[:, 1:] = pool[rng.integers(0, NEGATIVE_POOL, (n, k))]
+            pick = rng.integers(0, NEGATIVE_POOL, (n, k))
+            # the distinct candidates: the positives and the pool's drawn entries (a sort of n + pool ids,
+            # not of n x (k + 1)); the same rows, in the same order, as np.unique of every candidate
+            drawn = np.bincount(pick.reshape(-1), minlength=NEGATIVE_POOL) > 0
+            iu, inv = np.unique(np.concatenate([items[b], pool[drawn]]), return_inverse=True)
+            where = np.zeros(NEGATIVE_POOL, np.int64)
+            where[drawn] = inv[n:]
+            i_inv = np.empty((n, k + 1), np.int64)
+            i_inv[:, 0] = inv[:n]
+            i_inv[:, 1:] = where[pick]
         else:  # a small catalogue is the pool itself (the same draws as without one)
+            cand = np.empty((n, k + 1), np.int64)
+            cand[:, 0] = items[b]
             cand[:, 1:] = rng.integers(0, n_items, (n, k))
+            iu, i_inv = np.unique(cand, return_inverse=True)
         uu, u_inv = np.unique(u, return_inverse=True)
-        iu, i_inv = np.unique(cand.reshape(-1), return_inverse=True)
-        for key, v in (("u_rows", uu), ("u_inv", u_inv), ("i_rows", iu), ("i_inv", i_inv), ("cand", cand.reshape(-1))):
+        for key, v in (("u_rows", uu), ("u_inv", u_inv), ("i_rows", iu), ("i_inv", i_inv.reshape(-1))):
             plan[key].append(v)
         bounds.append((n, len(uu), len(iu)))
     arrays = {key: nd.array(np.concatenate(v), ctx=ctx, dtype="int64") for key, v in plan.items()}
@@ -561,8 +573,7 @@ def _side_plan(users, items, batches, rng, n_items: int, k: int, ctx):
     ur = ir = s = 0
     for n, nu, ni in bounds:
         yield (n, arrays["u_rows"][ur:ur + nu], arrays["u_inv"][s:s + n], arrays["i_rows"][ir:ir + ni],
-               arrays["i_inv"][s * (k + 1):(s + n) * (k + 1)], users_nd[s:s + n],
-               arrays["cand"][s * (k + 1):(s + n) * (k + 1)])
+               arrays["i_inv"][s * (k + 1):(s + n) * (k + 1)], users_nd[s:s + n])
         ur, ir, s = ur + nu, ir + ni, s + n
 
 
@@ -582,15 +593,16 @@ class _SideLoss(gluon.HybridBlock):
         for name in self.SHARED:
             setattr(self, name, getattr(net, name))
 
-    def hybrid_forward(self, F, user_rows, item_rows, bias_rows, users, candidates, recent_category, recent_brand,
-                       recent_mask, item_category, item_brand):
+    def hybrid_forward(self, F, user_rows, item_rows, bias_rows, item_inverse, users, items, recent_category,
+                       recent_brand, recent_mask, item_category, item_brand):
         from .model import SideMFBlock
 
-        # SideMFBlock's own towers, run on this block's (shared) embeddings
+        # SideMFBlock's own towers, run on this block's (shared) embeddings: the item tower once per distinct
+        # item of the batch (``items``: their ids, the rows of ``item_rows``), then spread to the candidates
         uv = SideMFBlock.user_tower(self, F, user_rows, F.take(recent_category, users), F.take(recent_brand, users),
                                     F.take(recent_mask, users))
-        iv = SideMFBlock.item_tower(self, F, item_rows, bias_rows, F.take(item_category, candidates),
-                                    F.take(item_brand, candidates))
+        iv = F.take(SideMFBlock.item_tower(self, F, item_rows, bias_rows, F.take(item_category, items),
+                                           F.take(item_brand, items)), item_inverse)
         scores = F.reshape(F.batch_dot(F.reshape(iv, shape=(-4, -1, self.k + 1, -2)), F.expand_dims(uv, axis=2)),
                            shape=(-1, self.k + 1))
         pos = F.slice_axis(scores, axis=1, begin=0, end=1)
@@ -677,12 +689,12 @@ def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, log=Non
                 for c in range(0, len(batches), BATCHES_PER_CHUNK):
                     part = batches[c:c + BATCHES_PER_CHUNK]
                     total = nd.zeros((1,), ctx=ctx)
-                    for n, u_rows, u_inv, i_rows, i_inv, u_idx, i_idx in _side_plan(
+                    for n, u_rows, u_inv, i_rows, i_inv, u_idx in _side_plan(
                             users, items, part, rng, prepared.n_items, k, ctx):
                         u_block, i_block, b_block = user_t.gather(u_rows), item_t.gather(i_rows), bias_t.gather(i_rows)
                         with autograd.record():
-                            loss = step(nd.take(u_block, u_inv), nd.take(i_block, i_inv), nd.take(b_block, i_inv),
-                                        u_idx, i_idx, consts["recent_category"], consts["recent_brand"],
+                            loss = step(nd.take(u_block, u_inv), i_block, b_block, i_inv, u_idx, i_rows,
+                                        consts["recent_category"], consts["recent_brand"],
                                         consts["recent_mask"], consts["item_category"], consts["item_brand"])
                         loss.backward()
                         trainer.step(n, ignore_stale_grad=True)
