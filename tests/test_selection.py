@@ -94,3 +94,42 @@ def test_train_preset_best_from_the_command_line_and_serve_it(prepared, tmp_path
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_epochs_are_searched_only_where_the_full_fit_can_tell_the_candidates_apart():
+    """``search_at_size``: once every candidate of the epoch search (``every`` ... ``max_epochs`` on the
+    validation sample) trains one epoch on all rows, the search is the preset's epochs, scored once; below
+    that size it is searched as SEARCH says. ``example_unit``/``examples`` count what an epoch trains on."""
+    from recsys.presets import PRESETS, REFERENCE_EXAMPLES
+
+    side = selection.SEARCH["side"]
+    edge = side["max_epochs"] * REFERENCE_EXAMPLES  # max_epochs x REFERENCE_EXAMPLES examples: one epoch each
+    assert selection.search_at_size("side", side, edge + 1) == {**side, "every": PRESETS["side"]["epochs"],
+                                                                  "max_epochs": PRESETS["side"]["epochs"]}
+    assert selection.search_at_size("side", side, edge) == {**side, "every": 40, "max_epochs": 40}
+    assert selection.search_at_size("side", side, edge - 1) == side  # two epochs for the largest candidate
+    assert selection.search_at_size("implicit", selection.SEARCH["implicit"], 10_000) == selection.SEARCH["implicit"]
+    assert [selection.example_unit(n) for n in ("seed", "implicit", "side", "sequence")] == ["rows", "pairs", "pairs",
+                                                                                            "pairs"]
+
+
+def test_the_search_shows_progress_and_skips_epochs_at_size(prepared, monkeypatch, capsys):
+    """The ranking table's search has a progress bar per model (``choose NAME``, in epochs, with an ETA); above
+    the size where the epochs cannot matter, each grid setting is trained once and its curve has one point.
+    The size is faked (``examples``) so that the October sample stands for a large dataset."""
+    monkeypatch.setenv("RECSYS_PROGRESS", "lines")
+    monkeypatch.setattr(selection, "examples", lambda prepared, unit: 10 ** 9)
+    table, nets, choices = selection.ranking_table(prepared, models=("side",), max_users=200, progress=True)
+    err = capsys.readouterr().err
+    assert "choose side" in err and "epoch" in err
+    assert choices["side"]["validation_curve"].keys() == {"40"}
+    assert [g["epochs"] for g in choices["side"]["grid"]] == [40, 40]
+
+
+def test_a_validation_sample_above_the_epochs_rules_reference_is_refused(prepared):
+    """Choices made on more than REFERENCE_EXAMPLES examples would be scaled on the sample itself (its epochs
+    cut short, the checkpoints of the search never reached): a clear error before anything is trained."""
+    from recsys.presets import REFERENCE_EXAMPLES
+
+    with pytest.raises(ValueError, match="validation_rows must be between 1 and 20,000"):
+        selection.ranking_table(prepared, models=("side",), validation_rows=REFERENCE_EXAMPLES + 1)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 
 #: Training examples up to which a preset's epochs are used as they are (and the validation sample's bound).
-REFERENCE_EXAMPLES = 50_000
+REFERENCE_EXAMPLES = 20_000
 MIN_STEPS_PER_EPOCH = 64
 MAX_BATCH = 2048
 

@@ -7,7 +7,10 @@
   :data:`VALIDATION_ROWS` training rows (every user below that, so the October and cosmetics samples
   are used whole). Each model's free settings (the number of epochs, from checkpoints of one run, up
   to a bounded :data:`SEARCH` maximum; for the side-information model also the weight decay) are
-  chosen by validation HR@10 of the warm validation users.
+  chosen by validation HR@10 of the warm validation users. At size the epochs are searched only where
+  they can matter (:func:`search_at_size`): once ``max_epochs x REFERENCE_EXAMPLES`` is at most the
+  data's training examples, every candidate trains one epoch on all rows, so each grid setting is
+  trained once with the preset's epochs. Each search shows a progress bar (``choose NAME``, in epochs).
 * Each model is then trained again on **all** training rows with that choice, the epochs scaled to the
   data by :mod:`recsys.presets`' rule (the same number of examples processed as the choice, at least
   one epoch), and scored **once** on the test split.
@@ -27,7 +30,9 @@ import pandas as pd
 
 from .constants import DEFAULT_SEED, ITEM, USER
 from .metrics import MAX_EVAL_USERS
-from .presets import DESCRIPTIONS, PRESETS, REFERENCE_EXAMPLES, kind, preset_settings, user_settings  # noqa: F401
+from .presets import (DESCRIPTIONS, PRESETS, REFERENCE_EXAMPLES, kind, preset_settings, scaled_epochs,  # noqa: F401
+                      user_settings)
+from .progress import progress_bar
 
 #: The validation sample's bound, in training rows (the presets' epochs rule uses the same number).
 VALIDATION_ROWS = REFERENCE_EXAMPLES
@@ -158,6 +163,35 @@ SEARCH = {
 }
 
 
+def example_unit(name: str) -> str:
+    """What one epoch of preset ``name`` trains on: ``"pairs"``, the distinct (user, product) pairs (the BPR
+    models; the sequence model's targets, each pair's last row), or ``"rows"``, every training row (the
+    seed's event score)."""
+    if kind(name) == "mf" and PRESETS[name].get("objective", "event_score") != "implicit":
+        return "rows"
+    return "pairs"
+
+
+def examples(prepared, unit: str) -> int:
+    """How many training examples of that :func:`example_unit` ``prepared`` has."""
+    train = prepared.train
+    if unit == "rows":
+        return len(train)
+    return int(len(np.unique(train[USER].to_numpy().astype(np.int64) * prepared.n_items + train[ITEM].to_numpy())))
+
+
+def search_at_size(name: str, search: dict, n_examples: int) -> dict:
+    """The epoch search's rule at size: each candidate (``every``, ``2 x every``, ... ``max_epochs`` on the
+    validation sample) trains ``scaled_epochs(candidate, n_examples)`` epochs on all rows. Once
+    ``max_epochs x REFERENCE_EXAMPLES <= n_examples`` every candidate gives one epoch there, so the epochs
+    are not searched: each grid setting is trained once with the preset's epochs and scored once (its
+    other settings, such as the weight decay, are still compared). Otherwise ``search`` as it is."""
+    if scaled_epochs(search["max_epochs"], n_examples) > 1:
+        return search
+    epochs = int(PRESETS[name]["epochs"])
+    return {**search, "every": epochs, "max_epochs": epochs}
+
+
 def _row(val: dict, test: dict) -> dict:
     return {"val_hr_at_10": val["warm"]["hr_at_10"], "hr_at_10": test["hr_at_10"], "hr_at_10_se": test["hr_at_10_se"],
             "ndcg_at_10": test["ndcg_at_10"], "warm_hr_at_10": test["warm"]["hr_at_10"],
@@ -210,10 +244,13 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
     """
     from .metrics import evaluate_heuristic, evaluate_model, evaluate_popularity
 
+    if not 0 < validation_rows <= REFERENCE_EXAMPLES:
+        raise ValueError(f"validation_rows must be between 1 and {REFERENCE_EXAMPLES:,} (got {validation_rows:,}): the "
+                         "epochs rule of recsys.presets scales choices made on at most that many training examples")
     trained = dict(trained or {})
     sample, split = validation_sample(prepared, validation_rows, seed)
     common = {"ctx": ctx, "seed": seed}
-    rows, nets, choices = {}, {}, {}
+    rows, nets, choices, n_examples = {}, {}, {}, {}
     for name in models:
         search = SEARCH.get(name) if choose else None
         if search is None:
@@ -224,13 +261,25 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
             val_curve, grid = None, None
         else:
             best, grid = None, []
-            for extra in search["grid"]:
-                result = choose_epochs(sample, split, lambda cb: train_preset(
-                    sample, name, train=split.train, on_epoch=cb, epochs=search["max_epochs"], **extra, **common),
-                    search["every"])
-                grid.append({"settings": extra, "epochs": result["epochs"], "validation_hr_at_10": result["hr_at_10"]})
-                if best is None or result["hr_at_10"] > best[1]["hr_at_10"]:
-                    best = (extra, result)
+            unit = example_unit(name)
+            if unit not in n_examples:  # counted once per unit
+                n_examples[unit] = examples(prepared, unit)
+            search = search_at_size(name, search, n_examples[unit])
+            with progress_bar(total=len(search["grid"]) * search["max_epochs"], unit="epoch", desc=f"choose {name}",
+                              enabled=progress) as bar:
+                for extra in search["grid"]:
+                    def fit_checkpoints(on_epoch, extra=extra):
+                        def each_epoch(epoch, net):
+                            bar.update(1)
+                            on_epoch(epoch, net)
+                        return train_preset(sample, name, train=split.train, on_epoch=each_epoch,
+                                            epochs=search["max_epochs"], **extra, **common)
+
+                    result = choose_epochs(sample, split, fit_checkpoints, search["every"])
+                    grid.append({"settings": extra, "epochs": result["epochs"],
+                                 "validation_hr_at_10": result["hr_at_10"]})
+                    if best is None or result["hr_at_10"] > best[1]["hr_at_10"]:
+                        best = (extra, result)
             chosen = {**best[0], "epochs": best[1]["epochs"]}
             val = {"warm": {"hr_at_10": best[1]["hr_at_10"]}}
             val_curve = best[1]["validation"]
