@@ -33,11 +33,12 @@ MAX_EVAL_USERS = 20_000
 
 def train_items_csr(train, n_users: int, n_items: int):
     """(indptr, indices): each user's distinct training items, CSR-style."""
-    keys = np.unique(train[USER].to_numpy().astype(np.int64) * n_items + train[ITEM].to_numpy())
-    users, items = keys // n_items, keys % n_items
+    from .pairs import distinct_pairs
+
+    users, items = distinct_pairs(train[USER].to_numpy(), train[ITEM].to_numpy(), n_items)
     indptr = np.zeros(n_users + 1, np.int64)
     np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-    return indptr, items.astype(np.int64)
+    return indptr, items
 
 
 def ranks(score_chunk, test_users, test_items, indptr, indices, n_items: int, k: int | None = None,

@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from .constants import DEFAULT_SEED, ITEM, USER
+from .memory import release
 from .metrics import MAX_EVAL_USERS
+from .pairs import count_distinct_pairs
 from .presets import (DESCRIPTIONS, PRESETS, REFERENCE_EXAMPLES, kind, preset_settings, scaled_epochs,  # noqa: F401
                       user_settings)
 from .progress import progress_bar
@@ -177,7 +179,7 @@ def examples(prepared, unit: str) -> int:
     train = prepared.train
     if unit == "rows":
         return len(train)
-    return int(len(np.unique(train[USER].to_numpy().astype(np.int64) * prepared.n_items + train[ITEM].to_numpy())))
+    return count_distinct_pairs(train[USER].to_numpy(), train[ITEM].to_numpy(), prepared.n_items)
 
 
 def search_at_size(name: str, search: dict, n_examples: int) -> dict:
@@ -248,6 +250,7 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
         raise ValueError(f"validation_rows must be between 1 and {REFERENCE_EXAMPLES:,} (got {validation_rows:,}): the "
                          "epochs rule of recsys.presets scales choices made on at most that many training examples")
     trained = dict(trained or {})
+    release()  # what the caller's earlier steps left in reference cycles (the seed's optimizer state)
     sample, split = validation_sample(prepared, validation_rows, seed)
     common = {"ctx": ctx, "seed": seed}
     rows, nets, choices, n_examples = {}, {}, {}, {}
@@ -296,6 +299,7 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
         else:
             nets[name] = net
         del net
+        release()  # without it each model stayed resident while the next one trained (recsys.memory)
     for name, fn in (("popularity", evaluate_popularity), ("heuristic", evaluate_heuristic)):
         val = fn(sample, test=split.test, train=split.train, max_users=max_users)
         rows[name] = _row(val, fn(prepared, max_users=max_users, progress=progress))

@@ -369,26 +369,37 @@ class Sequences:
         """Every user's last ``length`` rows (what the model reads at inference)."""
         return self.histories(self.starts[1:], self.starts[:-1], length)
 
-    def _pair_keys(self) -> np.ndarray:
+    def _pair_blocks(self):
+        """``(s, keys)`` per block of whole users (:func:`recsys.pairs.user_blocks`): the block's first row and
+        its rows' (user, product) keys. A pair never spans two blocks, so the temporaries of grouping the
+        rows by pair stay bounded by the block, whatever the number of rows."""
+        from .pairs import user_blocks
+
         n_items = int(self.items.max()) + 1 if len(self.items) else 1
-        return self.users.astype(np.int64) * n_items + self.items
+        for s, e in user_blocks(self.starts):
+            yield s, self.users[s:e].astype(np.int64) * n_items + self.items[s:e]
 
     def pair_counts(self) -> np.ndarray:
         """For each row, how many rows its (user, product) pair has."""
-        _, inv, cnt = np.unique(self._pair_keys(), return_inverse=True, return_counts=True)
-        return cnt[inv].astype(np.int32)
+        out = np.empty(len(self.items), np.int32)
+        for s, key in self._pair_blocks():
+            _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+            out[s:s + len(key)] = cnt[inv]
+        return out
 
     def examples(self, targets: str) -> np.ndarray:
         """Row positions (into the sorted rows) that are targets, ascending: at most one per row."""
         if targets == "all":
             return np.arange(len(self.items), dtype=np.int64)
-        key = self._pair_keys()
-        if targets == "first":
-            _, pos = np.unique(key, return_index=True)
-        else:  # the last row of each (user, product) pair
-            _, rev = np.unique(key[::-1], return_index=True)
-            pos = len(key) - 1 - rev
-        return np.sort(pos).astype(np.int64)
+        parts = []
+        for s, key in self._pair_blocks():
+            if targets == "first":
+                _, pos = np.unique(key, return_index=True)
+            else:  # the last row of each (user, product) pair
+                _, rev = np.unique(key[::-1], return_index=True)
+                pos = len(key) - 1 - rev
+            parts.append(np.sort(pos) + s)
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
 
 
 def item_codes(prepared, price_bins: int) -> dict:

@@ -48,6 +48,7 @@ from .constants import DEFAULT_SEED, ITEM, LABEL, USER
 from .model import MFBlock, Towers, build
 from .prepare import side_information
 from .checkpoint import epoch_seed
+from .pairs import distinct_pairs as _distinct_pairs
 from .distributed import Cluster
 from .presets import schedule
 from .progress import progress_bar
@@ -296,8 +297,7 @@ def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None, l
     items = train[ITEM].to_numpy()
     labels = train[LABEL].to_numpy().astype(np.float32)
     if cfg.objective == "implicit":
-        pairs = np.unique(users.astype(np.int64) * prepared.n_items + items)
-        users, items = (pairs // prepared.n_items).astype(np.int32), (pairs % prepared.n_items).astype(np.int32)
+        users, items = _distinct_pairs(users, items, prepared.n_items)
         labels = np.ones(len(users), np.float32)
     n = len(users)
     epochs, batch_size = schedule(cfg.epochs, cfg.batch_size, n, cfg.scale_epochs, cfg.scale_batch)
@@ -524,9 +524,9 @@ class SideConfig:
 
 
 def distinct_pairs(train, n_items: int) -> tuple:
-    """``(users, items)`` of the distinct (user, item) pairs of ``train``, in (user, item) order (int64)."""
-    pairs = np.unique(train[USER].to_numpy().astype(np.int64) * n_items + train[ITEM].to_numpy())
-    return pairs // n_items, pairs % n_items
+    """``(users, items)`` of the distinct (user, item) pairs of ``train``, in (user, item) order (int32;
+    :mod:`recsys.pairs`: bounded temporaries)."""
+    return _distinct_pairs(train[USER].to_numpy(), train[ITEM].to_numpy(), n_items)
 
 
 #: SideMFBlock's negatives of one batch are drawn from a pool of this many uniformly sampled products (each
@@ -647,6 +647,8 @@ def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, log=Non
         # the big per-user and per-item tables are updated row-block by row-block (their batch's rows
         # and Adam state only, as in fit); the small attribute tables by a Trainer
         big = {id(p) for p in (net.user_embeddings.weight, net.item_embeddings.weight, net.item_bias.weight)}
+        for p in (net.user_embeddings.weight, net.item_embeddings.weight, net.item_bias.weight):
+            p.grad_req = "null"  # their gradients are the gathered blocks': no dense gradient of a whole table
         small = {name: p for name, p in net.collect_params().items() if id(p) not in big and p.grad_req != "null"}
         params = {"learning_rate": cfg.lr, "wd": cfg.wd}
         cluster = cluster if cluster is not None else Cluster()

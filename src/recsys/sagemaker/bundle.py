@@ -31,7 +31,7 @@ ENTRY_POINT = "recommender.py"
 MODULES = (
     "__init__.py", "constants.py", "progress.py", "mx.py", "model.py", "training.py", "metrics.py",
     "artifacts.py", "serving.py", "events.py", "prepare.py", "presets.py", "selection.py", "checkpoint.py",
-    "distributed.py", "sequence.py",
+    "distributed.py", "sequence.py", "pairs.py", "memory.py",
     "sagemaker/__init__.py", "sagemaker/entry.py",
 )
 #: Installed by the training container from requirements.txt (the MXNet 1.9 images ship mxnet and numpy<1.20).
