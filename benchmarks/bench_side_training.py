@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys.memory import release
+from recsys.pairs import count_distinct_pairs
+
 
 #: The rate is measured over epochs 2 and 3 (the first also builds MXNet's cached graphs and fills its
 #: memory pool; on this shared machine a single epoch's rate varies by up to a quarter between runs).
@@ -52,7 +55,7 @@ def main() -> None:
                                   "price": np.round(np.exp(rng.normal(4, 1.2, args.items)), 2)})
     from recsys.sequence import Sequences, SequenceConfig, fit_sequence
 
-    n_pairs = len(np.unique(data.train["user"].to_numpy().astype(np.int64) * args.items + data.train["item"].to_numpy()))
+    n_pairs = count_distinct_pairs(data.train["user"].to_numpy(), data.train["item"].to_numpy(), args.items)
     n_examples = len(Sequences.from_train(data.train, data.n_users).examples(SequenceConfig().targets))
     rates, t0 = {}, time.perf_counter()
     for name, train, n in (("sequence", fit_sequence, n_examples), ("side", fit_side, n_pairs), ("implicit", fit, n_pairs)):
@@ -61,6 +64,7 @@ def main() -> None:
         train(data, progress=False, on_epoch=lambda epoch, net: marks.append(time.perf_counter()),
               **kw, **user_settings(name, epochs=STEADY[1]))
         rates[name] = steady_rate(n, marks)
+        release()  # the previous model's memory gone before the next one trains, as in notebook 02
     print(f"{args.users:,} users x {args.items:,} items, {args.rows:,} training rows: {n_pairs:,} distinct pairs, "
           f"{n_examples:,} next-product examples ({time.perf_counter() - t0:.0f} s in all)")
     for name, target in (("sequence", 150_000), ("side", 150_000), ("implicit", 250_000)):
@@ -93,6 +97,7 @@ def rees46_rates(rows: int) -> dict:
         _train(prepared, name, on_epoch=lambda epoch, net: marks.append(time.perf_counter()),
                **user_settings(name, epochs=STEADY[1]))
         rates[name] = steady_rate(_examples(prepared, name), marks)
+        release()
         verdict = "OK" if rates[name] >= target else "MISSED"
         print(f"preset {name:9s} {rates[name]:>10,.0f} pairs/s (epochs 2-3)   target >= {target:,}   {verdict}")
     return rates
@@ -105,7 +110,7 @@ def _examples(prepared, name: str) -> int:
 
         return len(Sequences.from_train(prepared.train, prepared.n_users).examples(SequenceConfig().targets))
     t = prepared.train
-    return len(np.unique(t["user"].to_numpy().astype(np.int64) * prepared.n_items + t["item"].to_numpy()))
+    return count_distinct_pairs(t["user"].to_numpy(), t["item"].to_numpy(), prepared.n_items)
 
 
 if __name__ == "__main__":
