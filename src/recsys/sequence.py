@@ -399,7 +399,7 @@ class Sequences:
                 _, rev = np.unique(key[::-1], return_index=True)
                 pos = len(key) - 1 - rev
             parts.append(np.sort(pos) + s)
-        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+        return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.empty(0, np.int64)
 
 
 def item_codes(prepared, price_bins: int) -> dict:
