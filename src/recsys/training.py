@@ -48,7 +48,7 @@ from .constants import DEFAULT_SEED, ITEM, LABEL, USER
 from .model import MFBlock, Towers, build
 from .prepare import side_information
 from .checkpoint import epoch_seed
-from .pairs import distinct_pairs as _distinct_pairs
+from .pairs import distinct_pairs
 from .distributed import Cluster
 from .presets import schedule
 from .progress import progress_bar
@@ -297,7 +297,7 @@ def _fit(prepared, cfg: TrainConfig, ctx, progress: bool, net: MFBlock | None, l
     items = train[ITEM].to_numpy()
     labels = train[LABEL].to_numpy().astype(np.float32)
     if cfg.objective == "implicit":
-        users, items = _distinct_pairs(users, items, prepared.n_items)
+        users, items = distinct_pairs(users, items, prepared.n_items)
         labels = np.ones(len(users), np.float32)
     n = len(users)
     epochs, batch_size = schedule(cfg.epochs, cfg.batch_size, n, cfg.scale_epochs, cfg.scale_batch)
@@ -523,12 +523,6 @@ class SideConfig:
         return self
 
 
-def distinct_pairs(train, n_items: int) -> tuple:
-    """``(users, items)`` of the distinct (user, item) pairs of ``train``, in (user, item) order (int32;
-    :mod:`recsys.pairs`: bounded temporaries)."""
-    return _distinct_pairs(train[USER].to_numpy(), train[ITEM].to_numpy(), n_items)
-
-
 #: SideMFBlock's negatives of one batch are drawn from a pool of this many uniformly sampled products (each
 #: negative is still uniform over the catalogue; a batch then updates about batch + pool item rows instead of
 #: batch x (1 + negatives), which dominates a step's cost). A catalogue this small is the pool itself.
@@ -628,7 +622,7 @@ def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, log=Non
     ctx = _mx.context(cfg.ctx)
     rng = np.random.default_rng(cfg.seed)
     mx.random.seed(cfg.seed)
-    users, items = distinct_pairs(train, prepared.n_items)
+    users, items = distinct_pairs(train[USER].to_numpy(), train[ITEM].to_numpy(), prepared.n_items)
     epochs, batch = schedule(cfg.epochs, cfg.batch_size, len(users), cfg.scale_epochs, cfg.scale_batch)
     cfg = dataclasses.replace(cfg, epochs=epochs, batch_size=batch)
     side = side_information(prepared, train, cfg.recent)
@@ -646,9 +640,10 @@ def fit_side(prepared, train=None, progress: bool = True, on_epoch=None, log=Non
         net.hybridize(static_alloc=True)
         # the big per-user and per-item tables are updated row-block by row-block (their batch's rows
         # and Adam state only, as in fit); the small attribute tables by a Trainer
-        big = {id(p) for p in (net.user_embeddings.weight, net.item_embeddings.weight, net.item_bias.weight)}
-        for p in (net.user_embeddings.weight, net.item_embeddings.weight, net.item_bias.weight):
+        big_params = (net.user_embeddings.weight, net.item_embeddings.weight, net.item_bias.weight)
+        for p in big_params:
             p.grad_req = "null"  # their gradients are the gathered blocks': no dense gradient of a whole table
+        big = {id(p) for p in big_params}
         small = {name: p for name, p in net.collect_params().items() if id(p) not in big and p.grad_req != "null"}
         params = {"learning_rate": cfg.lr, "wd": cfg.wd}
         cluster = cluster if cluster is not None else Cluster()
