@@ -27,7 +27,7 @@ def main() -> None:
           f"{s['products_kept']:,} items, {s['train_rows']:,} training rows")
     t0 = time.perf_counter()
     table, _, choices = ranking_table(prepared, choose=args.choose)
-    shown = table.rename(index=LABELS)[["val_hr_at_10", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
+    shown = table.rename(index=LABELS)[["val_hr_at_10", "val_hr_at_10_se", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
                                          "cold_hr_at_10"]]
     print(shown.astype(float).round(3).to_string())
     print("ceiling:", {k: round(v, 3) for k, v in ceiling(prepared).items()})

@@ -41,12 +41,13 @@ def test_choose_epochs_picks_the_best_checkpoint():
             on_epoch(e, e)
 
     orig = selection.validation_scores
-    selection.validation_scores = lambda p, s, net, **k: {"warm": {"hr_at_10": scores[net]}}
+    selection.validation_scores = lambda p, s, net, **k: {"warm": {"hr_at_10": scores[net], "hr_at_10_se": net / 1000}}
     try:
         got = selection.choose_epochs(None, None, fake_fit, 10)
     finally:
         selection.validation_scores = orig
     assert got["epochs"] == 20 and got["hr_at_10"] == 0.4  # the first of the tied best: fewer epochs
+    assert got["hr_at_10_se"] == 0.02  # the chosen epoch's standard error
 
 
 def test_side_model_saves_loads_and_scores_like_the_network(prepared, tmp_path):
@@ -122,6 +123,7 @@ def test_the_search_shows_progress_and_skips_epochs_at_size(prepared, monkeypatc
     table, nets, choices = selection.ranking_table(prepared, models=("side",), max_users=200, progress=True)
     err = capsys.readouterr().err
     assert "choose side" in err and "epoch" in err
+    _check_standard_errors(table, test_users=200)
     assert choices["side"]["validation_curve"].keys() == {"40"}
     assert [g["epochs"] for g in choices["side"]["grid"]] == [40, 40]
 
@@ -155,3 +157,26 @@ def test_no_trained_network_outlives_its_turn_in_the_table(prepared):
         assert alive() == before
     finally:
         gc.enable()
+
+
+def _check_standard_errors(table, test_users: int) -> None:
+    """A hit rate p over n users has the standard error sqrt(p (1 - p) / (n - 1)): the n that each row's
+    validation figures imply is a whole number of users (the warm validation users it was scored on), and
+    its test figures imply the test users ranked. A validation s.e. copied from the test split would imply
+    a fraction of a user, or the test users."""
+    implied = {}
+    for name in table.index:
+        row = table.loc[name]
+        for split, p, se in (("val", row["val_hr_at_10"], row["val_hr_at_10_se"]),
+                             ("test", row["hr_at_10"], row["hr_at_10_se"])):
+            assert 0 < p < 1 and se > 0, (name, split)
+            n = p * (1 - p) / se ** 2 + 1
+            assert n == pytest.approx(round(n), abs=1e-6), (name, split, n)
+            implied.setdefault(split, set()).add(round(n))
+    assert implied["test"] == {test_users} and test_users not in implied["val"]
+
+
+def test_each_row_has_the_standard_errors_of_its_own_validation_and_test_hit_rates(prepared):
+    """With the presets as they are (``choose=False``; the search's path is checked in the test above)."""
+    table, _, _ = selection.ranking_table(prepared, choose=False, models=("side",), max_users=200)
+    _check_standard_errors(table, test_users=200)

@@ -97,16 +97,19 @@ def validation_scores(prepared, split: ValidationSplit, net, **kwargs) -> dict:
 
 def choose_epochs(prepared, split: ValidationSplit, fit_checkpoints, every: int) -> dict:
     """Run ``fit_checkpoints(on_epoch)`` once on the validation-training rows and score the warm
-    validation users every ``every`` epochs; returns ``{"epochs", "validation": {epoch: hr}, "hr_at_10"}``."""
-    curve = {}
+    validation users every ``every`` epochs; returns ``{"epochs", "validation": {epoch: hr}, "hr_at_10",
+    "hr_at_10_se"}`` (the chosen epoch's)."""
+    curve, se = {}, {}
 
     def on_epoch(epoch, net):
         if epoch % every == 0:
-            curve[epoch] = validation_scores(prepared, split, net)["warm"]["hr_at_10"]
+            warm = validation_scores(prepared, split, net)["warm"]
+            curve[epoch], se[epoch] = warm["hr_at_10"], warm["hr_at_10_se"]
 
     fit_checkpoints(on_epoch)
     best = max(curve, key=lambda e: (curve[e], -e))  # the highest score; the fewer epochs on a tie
-    return {"epochs": int(best), "hr_at_10": curve[best], "validation": {str(e): v for e, v in curve.items()}}
+    return {"epochs": int(best), "hr_at_10": curve[best], "hr_at_10_se": se[best],
+            "validation": {str(e): v for e, v in curve.items()}}
 
 
 KIT_MODELS = ("seed", "implicit", "side", "sequence")
@@ -195,7 +198,8 @@ def search_at_size(name: str, search: dict, n_examples: int) -> dict:
 
 
 def _row(val: dict, test: dict) -> dict:
-    return {"val_hr_at_10": val["warm"]["hr_at_10"], "hr_at_10": test["hr_at_10"], "hr_at_10_se": test["hr_at_10_se"],
+    return {"val_hr_at_10": val["warm"]["hr_at_10"], "val_hr_at_10_se": val["warm"]["hr_at_10_se"],
+            "hr_at_10": test["hr_at_10"], "hr_at_10_se": test["hr_at_10_se"],
             "ndcg_at_10": test["ndcg_at_10"], "warm_hr_at_10": test["warm"]["hr_at_10"],
             "warm_ndcg_at_10": test["warm"]["ndcg_at_10"], "cold_hr_at_10": test["cold"]["hr_at_10"],
             "test_users": test["users"], "sampled": test["sampled"]}
@@ -229,7 +233,7 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
     """The validation protocol over the kit's models and the two baselines.
 
     Returns ``(table, nets, choices)``: ``table`` (DataFrame by model) has the warm validation users'
-    HR@10 (``val_hr_at_10``) and the test split's HR@10 / NDCG@10 for all test users and for the warm
+    HR@10 (``val_hr_at_10``, standard error ``val_hr_at_10_se``) and the test split's HR@10 / NDCG@10 for all test users and for the warm
     ones, with standard errors; ``nets`` the kit's models trained on all training rows with the chosen
     settings; ``choices`` what was chosen, its validation curve, the epochs and batch size used on all rows.
 
@@ -284,7 +288,7 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
                     if best is None or result["hr_at_10"] > best[1]["hr_at_10"]:
                         best = (extra, result)
             chosen = {**best[0], "epochs": best[1]["epochs"]}
-            val = {"warm": {"hr_at_10": best[1]["hr_at_10"]}}
+            val = {"warm": {k: best[1][k] for k in ("hr_at_10", "hr_at_10_se")}}
             val_curve = best[1]["validation"]
         if name in trained:
             net, info = trained.pop(name), {}
@@ -314,7 +318,8 @@ def best_kit_model(table) -> str:
     return max(kit, key=lambda m: table.loc[m, "val_hr_at_10"])
 
 
-FIGURES = ("val_hr_at_10", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10", "warm_ndcg_at_10", "cold_hr_at_10")
+FIGURES = ("val_hr_at_10", "val_hr_at_10_se", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
+           "warm_ndcg_at_10", "cold_hr_at_10")
 
 
 def ranking_metrics(table, name: str) -> dict:
