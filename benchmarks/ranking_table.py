@@ -13,7 +13,7 @@ import argparse
 import time
 
 from recsys.prepare import prepare_files
-from recsys.selection import LABELS, best_kit_model, ceiling, ranking_table
+from recsys.selection import LABELS, SHOWN, best_kit_model, ceiling, ranking_table
 
 
 def main() -> None:
@@ -27,8 +27,7 @@ def main() -> None:
           f"{s['products_kept']:,} items, {s['train_rows']:,} training rows")
     t0 = time.perf_counter()
     table, _, choices = ranking_table(prepared, choose=args.choose)
-    shown = table.rename(index=LABELS)[["val_hr_at_10", "val_hr_at_10_se", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
-                                         "cold_hr_at_10"]]
+    shown = table.rename(index=LABELS)[SHOWN]
     print(shown.astype(float).round(3).to_string())
     print("ceiling:", {k: round(v, 3) for k, v in ceiling(prepared).items()})
     for name, c in choices.items():

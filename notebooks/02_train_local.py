@@ -207,7 +207,7 @@ print(f"best kit model by validation HR@10: {selection.LABELS[best]}; settings: 
 for name, c in choices.items():
     if "epochs" in c:
         print(f"{selection.LABELS[name]}: trained on all rows for {c['epochs']} epoch(s) in batches of {c['batch_size']:,}")
-shown[["val_hr_at_10", "val_hr_at_10_se", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10", "cold_hr_at_10"]].astype(float).round(3)
+shown[selection.SHOWN].astype(float).round(3)
 
 # %% [markdown]
 # How to read it: `val_hr_at_10` is what the choices were made on (warm validation users);

@@ -41,7 +41,8 @@ def test_choose_epochs_picks_the_best_checkpoint():
             on_epoch(e, e)
 
     orig = selection.validation_scores
-    selection.validation_scores = lambda p, s, net, **k: {"warm": {"hr_at_10": scores[net], "hr_at_10_se": net / 1000}}
+    selection.validation_scores = lambda p, s, net, **k: {"warm": {"hr_at_10": scores[net],
+                                                                  "hr_at_10_se": net / 1000}}
     try:
         got = selection.choose_epochs(None, None, fake_fit, 10)
     finally:

@@ -233,8 +233,8 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
     """The validation protocol over the kit's models and the two baselines.
 
     Returns ``(table, nets, choices)``: ``table`` (DataFrame by model) has the warm validation users'
-    HR@10 (``val_hr_at_10``, standard error ``val_hr_at_10_se``) and the test split's HR@10 / NDCG@10 for all test users and for the warm
-    ones, with standard errors; ``nets`` the kit's models trained on all training rows with the chosen
+    HR@10 (``val_hr_at_10``, standard error ``val_hr_at_10_se``) and the test split's HR@10 / NDCG@10 for
+    all test users and for the warm ones, with standard errors (:data:`SHOWN`: the columns people read); ``nets`` the kit's models trained on all training rows with the chosen
     settings; ``choices`` what was chosen, its validation curve, the epochs and batch size used on all rows.
 
     * ``choose=False`` uses the presets as they are (``recsys train --preset``).
@@ -320,6 +320,8 @@ def best_kit_model(table) -> str:
 
 FIGURES = ("val_hr_at_10", "val_hr_at_10_se", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10",
            "warm_ndcg_at_10", "cold_hr_at_10")
+#: The ranking table's columns as notebook 02 and ``benchmarks/ranking_table.py`` show them.
+SHOWN = ["val_hr_at_10", "val_hr_at_10_se", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "warm_hr_at_10", "cold_hr_at_10"]
 
 
 def ranking_metrics(table, name: str) -> dict:
