@@ -47,7 +47,7 @@ ctx = "auto"
 seed = 42
 dense_rows = 50_000  # the dense-gradient comparison runs on the users of at most this many training rows
 validation_rows = 20_000  # the ranking table's choices are made on the users of at most this many training rows
-max_eval_users = 20_000  # test users ranked per model (a seeded sample when there are more; None: all)
+max_eval_users = 20_000  # test (and validation) users ranked per model (a seeded sample when there are more; None: all)
 output_dir = "outputs"
 progress = True
 

@@ -95,15 +95,16 @@ def validation_scores(prepared, split: ValidationSplit, net, **kwargs) -> dict:
     return evaluate_model(net, prepared, test=split.test, train=split.train, **kwargs)
 
 
-def choose_epochs(prepared, split: ValidationSplit, fit_checkpoints, every: int) -> dict:
+def choose_epochs(prepared, split: ValidationSplit, fit_checkpoints, every: int, max_users=MAX_EVAL_USERS) -> dict:
     """Run ``fit_checkpoints(on_epoch)`` once on the validation-training rows and score the warm
-    validation users every ``every`` epochs; returns ``{"epochs", "validation": {epoch: hr}, "hr_at_10",
-    "hr_at_10_se"}`` (the chosen epoch's)."""
+    validation users every ``every`` epochs (``max_users``: the seeded sample of
+    :func:`recsys.metrics.evaluate_scores`, the same users for every model); returns ``{"epochs",
+    "validation": {epoch: hr}, "hr_at_10", "hr_at_10_se"}`` (the chosen epoch's)."""
     curve, se = {}, {}
 
     def on_epoch(epoch, net):
         if epoch % every == 0:
-            warm = validation_scores(prepared, split, net)["warm"]
+            warm = validation_scores(prepared, split, net, max_users=max_users)["warm"]
             curve[epoch], se[epoch] = warm["hr_at_10"], warm["hr_at_10_se"]
 
     fit_checkpoints(on_epoch)
@@ -282,7 +283,7 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
                         return train_preset(sample, name, train=split.train, on_epoch=each_epoch,
                                             epochs=search["max_epochs"], **extra, **common)
 
-                    result = choose_epochs(sample, split, fit_checkpoints, search["every"])
+                    result = choose_epochs(sample, split, fit_checkpoints, search["every"], max_users)
                     grid.append({"settings": extra, "epochs": result["epochs"],
                                  "validation_hr_at_10": result["hr_at_10"]})
                     if best is None or result["hr_at_10"] > best[1]["hr_at_10"]:
