@@ -235,8 +235,9 @@ def ranking_table(prepared, choose: bool = True, models=KIT_MODELS, progress: bo
 
     Returns ``(table, nets, choices)``: ``table`` (DataFrame by model) has the warm validation users'
     HR@10 (``val_hr_at_10``, standard error ``val_hr_at_10_se``) and the test split's HR@10 / NDCG@10 for
-    all test users and for the warm ones, with standard errors (:data:`SHOWN`: the columns people read); ``nets`` the kit's models trained on all training rows with the chosen
-    settings; ``choices`` what was chosen, its validation curve, the epochs and batch size used on all rows.
+    all test users and for the warm ones, with standard errors (:data:`SHOWN`: the columns people read);
+    ``nets`` the kit's models trained on all training rows with the chosen settings; ``choices`` what was
+    chosen, its validation curve, the epochs and batch size used on all rows.
 
     * ``choose=False`` uses the presets as they are (``recsys train --preset``).
     * ``max_users``: test users ranked per model, as in :func:`recsys.metrics.evaluate_scores`: a seeded
