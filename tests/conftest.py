@@ -4,6 +4,7 @@ import io
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ def run_cli(*args):
         except SystemExit as e:
             rc = e.code if isinstance(e.code, int) else 1
     return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
+
+
+def wait_for(condition, seconds: float = 30) -> None:
+    """Poll ``condition`` until it holds or ``seconds`` pass (a loaded machine is slow to get there); the
+    caller asserts it."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @pytest.fixture

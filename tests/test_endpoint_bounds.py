@@ -11,7 +11,7 @@ import threading
 import pytest
 import requests
 
-from conftest import OCT
+from conftest import OCT, wait_for
 from recsys import serving
 from recsys.sagemaker.endpoint import LocalEndpoint
 
@@ -244,15 +244,6 @@ def test_expect_100_continue_with_a_body_over_the_limit_gets_413_before_sending_
     assert answer.startswith(b"HTTP/1.1 413 "), answer  # not "100 Continue": the body is never sent
 
 
-def _wait_for(condition, seconds: float = 30) -> None:
-    """Poll ``condition`` until it holds or ``seconds`` pass; the caller asserts it."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def test_a_bodys_bytes_are_reserved_before_it_is_read(endpoint):
     """Clients whose bodies fill the in-flight budget but have not arrived yet: their bytes already count,
     so the next request gets 503 + Retry-After at once; when the bodies arrive, all are answered."""
@@ -262,7 +253,7 @@ def test_a_bodys_bytes_are_reserved_before_it_is_read(endpoint):
     n = endpoint.MAX_INFLIGHT_BYTES // len(full)
     # the module's endpoint is shared: an earlier test's request still being answered would hold part of
     # the budget, and one slow client below would be refused instead of reserved
-    _wait_for(lambda: endpoint.inflight_bytes == 0)
+    wait_for(lambda: endpoint.inflight_bytes == 0)
     assert endpoint.inflight_bytes == 0, endpoint.inflight_bytes
     slow = []
     for _ in range(n):
@@ -273,7 +264,7 @@ def test_a_bodys_bytes_are_reserved_before_it_is_read(endpoint):
     try:
         # every slow client's headers must have been read before the probe: a probe taken in first would
         # hold part of the budget, and the last slow client would be refused (seen under load in CI)
-        _wait_for(lambda: endpoint.inflight_bytes == n * len(full))
+        wait_for(lambda: endpoint.inflight_bytes == n * len(full))
         assert endpoint.inflight_bytes == n * len(full), f"bodies not yet read did not count: {endpoint.inflight_bytes}"
         probe = b"1,2\n" * 1000  # more than what the slow bodies leave of the budget
         assert n * len(full) + len(probe) > endpoint.MAX_INFLIGHT_BYTES

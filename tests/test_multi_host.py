@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import wait_for
 from recsys.sagemaker.training_job import TrainingJobError, run_training_job
 
 pytestmark = pytest.mark.extended  # every test starts several training-toolkit processes: ~45 s in all
@@ -92,7 +93,6 @@ def test_sigterm_to_the_parent_of_a_multi_host_job_stops_every_host(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     script = ("import sys; from recsys.sagemaker.training_job import run_training_job as r\n"
               "try:\n"
@@ -113,7 +113,5 @@ def test_sigterm_to_the_parent_of_a_multi_host_job_stops_every_host(tmp_path):
     rest = parent.stdout.read()
     assert parent.wait(timeout=60) == 3, rest[-2000:]
     assert "training job term stopped: this process got SIGTERM" in rest
-    deadline = time.monotonic() + 10  # the hosts got SIGTERM from the parent; give a loaded machine time
-    while _processes_of(job_root) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: _processes_of(job_root) == [], seconds=10)  # the hosts got SIGTERM from the parent
     assert _processes_of(job_root) == []
